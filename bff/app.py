@@ -1,0 +1,203 @@
+"""create_app(settings): the only place the BFF's objects are built.
+
+Request flow: Edge (request id, limits, cross-site refusal, headers, access log) →
+the API proxy for configured prefixes, else the Starlette router (/bff/*, health,
+metrics, the SPA's static files).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+from .error_handlers import handle_bff_error, handle_unexpected, json_error
+from .errors import BFFError, NotFound
+from .metrics import Metrics
+from .middleware import Edge
+from .oidc.client import OIDCClient
+from .oidc.provider import Provider
+from .oidc.validation import Expectations
+from .proxy import Proxy
+from .routes import auth, health, sessions, user
+from .security.cookies import Cookies
+from .services import Services
+from .session.crypto import RecordCipher
+from .session.redis_store import RedisStore, connect
+from .session.store import MemoryStore, SessionStore
+from .settings import Settings, load_settings
+from .tokens import TokenManager
+
+log = logging.getLogger("bff")
+
+
+def build_store(settings: Settings, clock: Callable[[], float] = time.time) -> SessionStore:
+    if settings.session_store == "memory":
+        return MemoryStore(settings.session_idle_timeout, clock)
+    cipher = RecordCipher.from_settings(settings.encryption_keys, settings.secret_keys)
+    return RedisStore(connect(settings.redis_url), cipher, settings.session_idle_timeout, clock)
+
+
+class SpaFiles(StaticFiles):
+    """The built SPA: files as they are, index.html for client-side routes."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        try:
+            response = await super().get_response(path, scope)
+        except HTTPException as exc:
+            if exc.status_code != 404 or scope["method"] not in ("GET", "HEAD"):
+                raise
+            response = FileResponse(Path(str(self.directory)) / "index.html")
+            response.headers["cache-control"] = "no-cache"
+            return response
+        if path.startswith("assets/"):
+            response.headers.setdefault("cache-control", "public, max-age=31536000, immutable")
+        else:
+            response.headers.setdefault("cache-control", "no-cache")
+        return response
+
+
+async def _not_found(request: Request) -> Response:
+    return json_error(NotFound(f"No BFF endpoint at {request.url.path}."))
+
+
+class BFFApp:
+    """The ASGI application, with its services exposed for start-up, shutdown and tests."""
+
+    def __init__(self, services: Services, proxy: Proxy, router: Starlette, edge: Edge) -> None:
+        self.services = services
+        self.proxy = proxy
+        self.router = router
+        self.edge = edge
+        self._loader: asyncio.Task[None] | None = None
+
+    async def startup(self) -> None:
+        await self.proxy.start()
+        self._loader = asyncio.create_task(self.services.provider.load_with_retry())
+
+    async def shutdown(self) -> None:
+        if self._loader is not None:
+            self._loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loader
+        await self.proxy.stop()
+        await self.services.http.aclose()
+        await self.services.store.close()
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            route = self.proxy.match(scope["path"])
+            if route is not None:
+                await self.proxy.handle(route, scope, receive, send)
+                return
+        await self.router(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.edge(scope, receive, send)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: SessionStore | None = None,
+    clock: Callable[[], float] = time.time,
+    http: httpx.AsyncClient | None = None,
+) -> BFFApp:
+    metrics = Metrics()
+    store = store or build_store(settings, clock)
+    idp_latency = metrics.idp_latency
+
+    async def on_request(request: httpx.Request) -> None:
+        request.extensions["bff_started"] = time.perf_counter()
+
+    async def on_response(response: httpx.Response) -> None:
+        started = response.request.extensions.get("bff_started")
+        if started is not None:
+            path = response.request.url.path.rsplit("/", 1)[-1] or "root"
+            idp_latency.labels(path[:40]).observe(time.perf_counter() - started)
+
+    http = http or httpx.AsyncClient(
+        timeout=httpx.Timeout(10.0, connect=5.0),
+        follow_redirects=False,
+        event_hooks={"request": [on_request], "response": [on_response]},
+        headers={"User-Agent": "bff"},
+    )
+    provider = Provider(http, settings.discovery_url, settings.issuer)
+    client = OIDCClient(settings, http, provider)
+    checks = Expectations(
+        provider, settings.issuer, settings.client_id, settings.id_token_algs, settings.clock_skew, clock
+    )
+    services = Services(
+        settings=settings,
+        store=store,
+        http=http,
+        provider=provider,
+        client=client,
+        tokens=TokenManager(store, client, checks, settings.token_refresh_skew, metrics, clock),
+        cookies=Cookies(settings),
+        metrics=metrics,
+        checks=checks,
+        clock=clock,
+    )
+    proxy = Proxy(services)
+
+    routes: list[Any] = [
+        Route("/bff/login", auth.login, methods=["GET"]),
+        Route("/bff/callback", auth.callback, methods=["GET"]),
+        Route("/bff/logout", auth.logout, methods=["GET", "POST"]),
+        Route("/bff/backchannel-logout", auth.backchannel_logout, methods=["POST"]),
+        Route("/bff/user", user.user, methods=["GET"]),
+        Route("/bff/sessions", sessions.list_sessions, methods=["GET"]),
+        Route("/bff/sessions", sessions.end_all_sessions, methods=["DELETE"]),
+        Route("/bff/sessions/{handle}", sessions.end_session, methods=["DELETE"]),
+        Route("/bff/{rest:path}", _not_found),
+        Route("/healthz", health.healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", health.readyz, methods=["GET", "HEAD"]),
+    ]
+    if settings.metrics_enabled:
+        routes.append(Route("/metrics", health.metrics, methods=["GET"]))
+    if settings.static_dir is not None:
+        routes.append(Mount("/", SpaFiles(directory=settings.static_dir, html=True)))
+
+    app_ref: list[BFFApp] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await app_ref[0].startup()
+        try:
+            yield
+        finally:
+            await app_ref[0].shutdown()
+
+    router = Starlette(
+        routes=routes,
+        exception_handlers={BFFError: handle_bff_error, Exception: handle_unexpected},
+        lifespan=lifespan,
+    )
+    router.state.services = services
+    bff = BFFApp(services, proxy, router, None)  # type: ignore[arg-type]
+    bff.edge = Edge(bff.dispatch, settings, metrics)
+    app_ref.append(bff)
+    return bff
+
+
+def app_from_env() -> BFFApp:
+    """uvicorn factory for worker processes: each reads the same environment."""
+    from .log import setup_logging
+
+    settings = load_settings()
+    setup_logging(settings.log_format, settings.log_level)
+    return create_app(settings)

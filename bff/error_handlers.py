@@ -1,0 +1,59 @@
+"""The one place errors become responses: JSON for API calls, a small page for navigations.
+
+A browser that navigates (login, callback, logout links) gets a readable page with a
+way back; JavaScript callers (which send X-CSRF or accept JSON) get
+``{"error": code, "message": text}``. Unexpected exceptions become a 500 without
+their details (those go to the log, redacted).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from .errors import BFFError, NotAuthenticated
+
+log = logging.getLogger("bff.errors")
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="font-family: system-ui, sans-serif; max-width: 40rem; margin: 4rem auto; padding: 0 1rem">
+<h1>{title}</h1><p>{message}</p><p><small>Error code: <code>{code}</code></small></p>
+<p><a href="/">Back to the application</a> &middot; <a href="/bff/login">Sign in again</a></p>
+</body></html>"""
+
+
+def json_error(exc: BFFError) -> Response:
+    headers = {"Cache-Control": "no-store"}
+    if isinstance(exc, NotAuthenticated):
+        headers["WWW-Authenticate"] = 'Cookie realm="bff"'
+    return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status, headers=headers)
+
+
+def wants_html(request: Request) -> bool:
+    if request.headers.get("x-csrf") is not None:
+        return False
+    accept = request.headers.get("accept", "")
+    return request.method == "GET" and "text/html" in accept
+
+
+def page_error(exc: BFFError) -> Response:
+    title = "Sign-in failed" if exc.status < 500 else "Service unavailable"
+    body = _PAGE.format(title=title, message=html.escape(exc.message), code=html.escape(exc.code))
+    return HTMLResponse(body, status_code=exc.status, headers={"Cache-Control": "no-store"})
+
+
+async def handle_bff_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BFFError)
+    if exc.status >= 500:
+        log.warning("request failed", extra={"code": exc.code, "error": exc.message})
+    return page_error(exc) if wants_html(request) else json_error(exc)
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error", exc_info=exc)
+    return json_error(BFFError())

@@ -1,0 +1,117 @@
+"""Logging: JSON lines (or text), a redaction filter on every handler, the audit logger.
+
+The BFF never logs a token on purpose; the filter is the second line of defence for
+what libraries log (URLs with ``code=``, headers, exception texts). ``bff.audit``
+carries security events (login, logout, session ended and why, refresh failures).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+
+_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    # JWTs (ID, access, refresh and logout tokens from most IdPs) and JWEs.
+    (re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_.-]*"), "[redacted-jwt]"),
+    # OAuth parameters in URLs, forms and JSON.
+    (
+        re.compile(
+            r"(?i)\b(code|state|nonce|code_verifier|refresh_token|access_token|id_token|id_token_hint|"
+            r"client_secret|client_assertion|logout_token|token|request_uri|sid)"
+            r"(=|\"\s*:\s*\"|'\s*:\s*')([^&\s\"',;]+)"
+        ),
+        r"\1\2[redacted]",
+    ),
+    (re.compile(r"(?i)\b(bearer|basic|dpop)\s+[A-Za-z0-9._~+/=-]+"), r"\1 [redacted]"),
+    (re.compile(r"(?i)((?:__Host-)?bff_(?:session|login))=[^;\s,\"']+"), r"\1=[redacted]"),
+]
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+class RedactionFilter(logging.Filter):
+    """Rewrites each record so that no token, code or cookie value leaves the process."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            try:
+                record.msg = record.getMessage()
+            except (TypeError, ValueError):
+                record.msg = str(record.msg)
+            record.args = None
+        record.msg = redact(str(record.msg))
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        for key, value in list(record.__dict__.items()):
+            if key not in _STANDARD:
+                record.__dict__[key] = _clean(value)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_text:
+            entry["exc"] = record.exc_text
+        return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(
+            f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")
+        )
+        line = f"{self.formatTime(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if extras:
+            line += f" [{extras}]"
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        return line
+
+
+def setup_logging(fmt: str = "json", level: str = "INFO", stream: Any = None) -> None:
+    """Configure the root logger once: one handler, the redaction filter, quiet libraries."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RedactionFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # httpx logs every request URL at INFO; uvicorn's access log duplicates ours.
+    for name in ("httpx", "httpcore", "uvicorn.access", "hpack"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers = []
+        logging.getLogger(name).propagate = True

@@ -1,0 +1,169 @@
+"""Plain ASGI middleware (Starlette's BaseHTTPMiddleware costs too much on the hot path).
+
+``Edge`` runs first for every HTTP request and does what applies to all of them:
+a request id, one access-log line, limits on header and body size, the cross-site
+refusal (Fetch Metadata and Origin) for /bff/* and the API routes, and the response
+headers (``Cache-Control: no-store`` on /bff/*, ``nosniff`` everywhere, the CSP and
+``frame-ancestors`` on the served SPA).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import secrets
+import time
+from collections.abc import Iterable
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .error_handlers import json_error
+from .errors import BFFError, CsrfRejected, HeadersTooLarge, PayloadTooLarge
+from .metrics import Metrics
+from .security.csrf import check_cross_site
+from .settings import Settings
+
+access_log = logging.getLogger("bff.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+# Cross-site requests are expected here: the IdP redirects the browser to the callback
+# and posts logout tokens to the back-channel endpoint.
+CROSS_SITE_ALLOWED = frozenset({"/bff/callback", "/bff/backchannel-logout"})
+
+
+class TrustedProxies:
+    def __init__(self, networks: Iterable[str]) -> None:
+        self._nets = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def _trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in n for n in self._nets)
+
+    def client_ip(self, scope: Scope) -> str:
+        """The peer address, or (behind trusted proxies) the nearest untrusted X-Forwarded-For hop."""
+        peer = scope.get("client")
+        ip = peer[0] if peer else ""
+        if not self._nets or not self._trusted(ip):
+            return ip
+        forwarded = Headers(scope=scope).get("x-forwarded-for", "")
+        for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+            if not self._trusted(hop):
+                return hop
+            ip = hop
+        return ip
+
+
+class Edge:
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics) -> None:
+        self.app = app
+        self.origin = settings.public_url
+        self.max_header = settings.max_header_size
+        self.max_body = settings.max_body_size
+        self.proxies = TrustedProxies(settings.trusted_proxies)
+        self.api_prefixes = tuple(r.prefix for r in settings.api_routes)
+        spa_headers = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+        csp = settings.content_security_policy
+        if settings.frame_ancestors and "frame-ancestors" not in csp:
+            csp = (
+                f"{csp}; frame-ancestors {settings.frame_ancestors}"
+                if csp
+                else (f"frame-ancestors {settings.frame_ancestors}")
+            )
+        if csp:
+            spa_headers.append((b"content-security-policy", csp.encode()))
+        self.spa_headers = spa_headers
+        self.bff_headers = [
+            (b"cache-control", b"no-store"),
+            (b"pragma", b"no-cache"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+        ]
+        self.api_headers = [(b"x-content-type-options", b"nosniff")]
+        self.metrics = metrics
+
+    def _is_api(self, path: str) -> bool:
+        for prefix in self.api_prefixes:
+            if path == prefix or path.startswith(prefix + "/") or path.startswith(prefix + "?"):
+                return True
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path: str = scope["path"]
+        headers = Headers(scope=scope)
+        rid = headers.get("x-request-id", "")
+        if not _REQUEST_ID.match(rid):
+            rid = secrets.token_hex(8)
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        state["client_ip"] = self.proxies.client_ip(scope)
+        is_bff = path == "/bff" or path.startswith("/bff/")
+        is_api = not is_bff and self._is_api(path)
+        extra = self.bff_headers if is_bff else self.api_headers if is_api else self.spa_headers
+        status_holder = [500]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                raw = list(message.get("headers", []))
+                present = {k.lower() for k, _ in raw}
+                raw.extend((k, v) for k, v in extra if k not in present)
+                raw.append((b"x-request-id", rid.encode()))
+                message = {**message, "headers": raw}
+            await send(message)
+
+        try:
+            self._check_limits(scope)
+            if is_bff and int(headers.get("content-length") or 0) > self.max_body:
+                raise PayloadTooLarge(f"Request bodies to /bff are limited to {self.max_body} bytes.")
+            if (is_bff and path not in CROSS_SITE_ALLOWED) or is_api:
+                check_cross_site(headers, self.origin)
+            inner_receive = self._limited(receive) if is_bff else receive
+            await self.app(scope, inner_receive, send_wrapper)
+        except BFFError as exc:
+            response = json_error(exc)
+            await response(scope, receive, send_wrapper)
+        finally:
+            elapsed = (time.perf_counter() - started) * 1000
+            access_log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": path,
+                    "status": status_holder[0],
+                    "ms": round(elapsed, 2),
+                    "request_id": rid,
+                    "client": state["client_ip"],
+                },
+            )
+
+    def _check_limits(self, scope: Scope) -> None:
+        size = sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+        if size > self.max_header:
+            raise HeadersTooLarge(f"Request headers exceed {self.max_header} bytes.")
+
+    def _limited(self, receive: Receive) -> Receive:
+        limit = self.max_body
+        seen = 0
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(f"Request bodies to /bff are limited to {limit} bytes.")
+            return message
+
+        return wrapped
+
+
+__all__ = ["CROSS_SITE_ALLOWED", "CsrfRejected", "Edge", "TrustedProxies"]

@@ -1,0 +1,285 @@
+"""The confidential client: authorization request, code exchange, refresh, revocation,
+UserInfo and the end-session URL, named after the protocol steps.
+
+Client authentication is chosen from the IdP's metadata unless configured:
+private_key_jwt when a key is set, else client_secret_basic, else client_secret_post.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+
+import httpx
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from joserfc import jwt
+from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
+
+from ..errors import IdPUnavailable
+from ..settings import Settings
+from .errors import OIDCError, TokenError
+from .provider import Provider, ProviderMetadata
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenResponse:
+    access_token: str
+    expires_at: int  # 0 when the IdP did not say
+    refresh_token: str | None
+    id_token: str | None
+    scope: str | None
+
+    def __repr__(self) -> str:
+        return f"TokenResponse(expires_at={self.expires_at}, has_refresh={self.refresh_token is not None})"
+
+
+def new_pkce() -> tuple[str, str]:
+    """(code_verifier, S256 code_challenge), RFC 7636."""
+    verifier = secrets.token_urlsafe(48)
+    return verifier, create_s256_code_challenge(verifier)
+
+
+def _with_query(url: str, params: dict[str, str]) -> str:
+    parts = urlsplit(url)
+    query = urlencode(params)
+    return urlunsplit(parts._replace(query=f"{parts.query}&{query}" if parts.query else query))
+
+
+def _load_signing_key(text: str) -> tuple[Key, str]:
+    text = text.strip()
+    key: Key = import_key(json.loads(text)) if text.startswith("{") else import_key(text)
+    if not key.is_private:
+        raise ValueError("BFF_CLIENT_PRIVATE_KEY holds a public key; a private key is needed")
+    alg = key.get("alg")
+    if not alg:
+        if isinstance(key, RSAKey):
+            alg = "RS256"
+        elif isinstance(key, ECKey):
+            alg = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}[key.curve_name]
+        elif isinstance(key, OKPKey):
+            alg = "EdDSA"
+        else:
+            raise ValueError("BFF_CLIENT_PRIVATE_KEY must be an RSA, EC or OKP key")
+    if not key.kid:
+        key.ensure_kid()
+    return key, str(alg)
+
+
+class OIDCClient:
+    def __init__(self, settings: Settings, http: httpx.AsyncClient, provider: Provider) -> None:
+        self.settings = settings
+        self.http = http
+        self.provider = provider
+        self._signing: tuple[Key, str] | None = None
+        if settings.client_private_key:
+            self._signing = _load_signing_key(settings.client_private_key)
+
+    # --- client authentication ------------------------------------------------------
+    def auth_method(self, meta: ProviderMetadata, supported: tuple[str, ...]) -> str:
+        configured = self.settings.client_auth_method
+        if configured != "auto":
+            return configured
+        if self._signing is not None and ("private_key_jwt" in supported or not self.settings.client_secret):
+            return "private_key_jwt"
+        if "client_secret_basic" in supported or "client_secret_post" not in supported:
+            return "client_secret_basic"
+        return "client_secret_post"
+
+    def _authenticate(
+        self, method: str, audience: str, form: dict[str, str], headers: dict[str, str]
+    ) -> None:
+        client_id = self.settings.client_id
+        if method == "client_secret_basic":
+            # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
+            pair = f"{quote(client_id, safe='')}:{quote(self.settings.client_secret or '', safe='')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        elif method == "client_secret_post":
+            form["client_id"] = client_id
+            form["client_secret"] = self.settings.client_secret or ""
+        elif method == "private_key_jwt":
+            if self._signing is None:
+                raise OIDCError("client_auth", "private_key_jwt needs BFF_CLIENT_PRIVATE_KEY")
+            key, alg = self._signing
+            now = int(time.time())
+            claims = {
+                "iss": client_id,
+                "sub": client_id,
+                "aud": audience,
+                "jti": secrets.token_urlsafe(16),
+                "iat": now,
+                "exp": now + 60,
+            }
+            form["client_id"] = client_id
+            form["client_assertion_type"] = ASSERTION_TYPE
+            form["client_assertion"] = jwt.encode(
+                {"alg": alg, "kid": key.kid or ""}, claims, key, algorithms=[alg]
+            )
+        else:
+            raise OIDCError("client_auth", f"unsupported client authentication {method}")
+
+    async def _post(
+        self, url: str, form: dict[str, str], method: str, audience: str, what: str
+    ) -> httpx.Response:
+        headers = {"Accept": "application/json"}
+        self._authenticate(method, audience, form, headers)
+        try:
+            response = await self.http.post(url, data=form, headers=headers)
+        except httpx.HTTPError as exc:
+            raise IdPUnavailable(f"The identity provider could not be reached ({what}).") from exc
+        if response.status_code >= 500:
+            raise IdPUnavailable(f"The identity provider failed ({what}: HTTP {response.status_code}).")
+        return response
+
+    @staticmethod
+    def _json(response: httpx.Response) -> dict[str, Any]:
+        try:
+            data = response.json()
+        except ValueError:
+            raise TokenError(
+                "invalid_response", "the IdP's answer is not JSON", response.status_code
+            ) from None
+        if not isinstance(data, dict):
+            raise TokenError(
+                "invalid_response", "the IdP's answer is not a JSON object", response.status_code
+            )
+        return data
+
+    def _raise_for_error(self, response: httpx.Response) -> dict[str, Any]:
+        data = self._json(response)
+        if (response.status_code != 200 and response.status_code != 201) or "error" in data:
+            error = data.get("error") if isinstance(data.get("error"), str) else "invalid_response"
+            desc = data.get("error_description") if isinstance(data.get("error_description"), str) else ""
+            raise TokenError(str(error), str(desc), response.status_code)
+        return data
+
+    # --- protocol steps -------------------------------------------------------------
+    async def build_authorization_url(self, state: str, nonce: str, code_challenge: str) -> str:
+        meta = await self.provider.metadata()
+        params = {
+            "response_type": "code",
+            "client_id": self.settings.client_id,
+            "redirect_uri": self.settings.redirect_uri,
+            "scope": " ".join(self.settings.scopes),
+            "state": state,
+            "nonce": nonce,
+            "code_challenge": code_challenge,
+            "code_challenge_method": "S256",
+            **dict(self.settings.extra_auth_params),
+        }
+        use_par = meta.pushed_authorization_request_endpoint is not None and (
+            self.settings.use_par or meta.require_pushed_authorization_requests
+        )
+        if use_par:
+            assert meta.pushed_authorization_request_endpoint is not None
+            method = self.auth_method(meta, meta.token_endpoint_auth_methods_supported)
+            response = await self._post(
+                meta.pushed_authorization_request_endpoint,
+                dict(params),
+                method,
+                meta.issuer,
+                "pushed authorization request",
+            )
+            data = self._raise_for_error(response)
+            request_uri = data.get("request_uri")
+            if not isinstance(request_uri, str) or not request_uri:
+                raise TokenError("invalid_response", "the PAR answer has no request_uri")
+            params = {"client_id": self.settings.client_id, "request_uri": request_uri}
+        elif self.settings.use_par:
+            raise OIDCError("par_unsupported", "BFF_USE_PAR is on but the IdP advertises no PAR endpoint")
+        return _with_query(meta.authorization_endpoint, params)
+
+    async def _token_request(self, form: dict[str, str], what: str) -> TokenResponse:
+        meta = await self.provider.metadata()
+        method = self.auth_method(meta, meta.token_endpoint_auth_methods_supported)
+        response = await self._post(meta.token_endpoint, form, method, meta.token_endpoint, what)
+        data = self._raise_for_error(response)
+        access_token = data.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            raise TokenError("invalid_response", "the token response has no access_token")
+        token_type = data.get("token_type")
+        if not isinstance(token_type, str) or token_type.lower() not in ("bearer", "dpop"):
+            raise TokenError("invalid_response", f"unsupported token_type {token_type!r}")
+        expires_in = data.get("expires_in")
+        expires_at = 0
+        numeric = isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
+        if numeric or (isinstance(expires_in, str) and expires_in.isdigit()):
+            expires_at = int(time.time()) + int(expires_in)  # type: ignore[arg-type]
+        refresh_token = data.get("refresh_token")
+        id_token = data.get("id_token")
+        scope = data.get("scope")
+        return TokenResponse(
+            access_token=access_token,
+            expires_at=expires_at,
+            refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
+            id_token=id_token if isinstance(id_token, str) and id_token else None,
+            scope=scope if isinstance(scope, str) else None,
+        )
+
+    async def exchange_code(self, code: str, code_verifier: str) -> TokenResponse:
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": self.settings.redirect_uri,
+            "code_verifier": code_verifier,
+        }
+        return await self._token_request(form, "code exchange")
+
+    async def refresh(self, refresh_token: str) -> TokenResponse:
+        # No scope parameter: asking again for scopes is refused by strict IdPs (invalid_scope).
+        return await self._token_request(
+            {"grant_type": "refresh_token", "refresh_token": refresh_token}, "token refresh"
+        )
+
+    async def revoke(self, token: str, hint: str = "refresh_token") -> bool:
+        """RFC 7009. True when the IdP confirmed; False when it has no revocation endpoint."""
+        meta = await self.provider.metadata()
+        if meta.revocation_endpoint is None:
+            return False
+        method = self.auth_method(meta, meta.revocation_endpoint_auth_methods_supported)
+        response = await self._post(
+            meta.revocation_endpoint,
+            {"token": token, "token_type_hint": hint},
+            method,
+            meta.token_endpoint,
+            "token revocation",
+        )
+        if response.status_code != 200:
+            self._raise_for_error(response)
+        return True
+
+    async def userinfo(self, access_token: str, expected_sub: str) -> dict[str, Any]:
+        meta = await self.provider.metadata()
+        if meta.userinfo_endpoint is None:
+            return {}
+        try:
+            response = await self.http.get(
+                meta.userinfo_endpoint,
+                headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
+            )
+        except httpx.HTTPError as exc:
+            raise IdPUnavailable("The identity provider could not be reached (userinfo).") from exc
+        if response.status_code >= 500:
+            raise IdPUnavailable("The identity provider failed (userinfo).")
+        if response.status_code != 200:
+            raise OIDCError("userinfo_failed", f"UserInfo answered {response.status_code}")
+        data = self._json(response)
+        if data.get("sub") != expected_sub:
+            raise OIDCError("userinfo_sub", "UserInfo names a different subject than the ID token")
+        return data
+
+    async def end_session_url(self, id_token_hint: str | None, post_logout_redirect_uri: str) -> str | None:
+        """The IdP's RP-initiated logout URL, or None when it has no end_session_endpoint."""
+        meta = await self.provider.metadata()
+        if meta.end_session_endpoint is None:
+            return None
+        params = {"client_id": self.settings.client_id, "post_logout_redirect_uri": post_logout_redirect_uri}
+        if id_token_hint:
+            params["id_token_hint"] = id_token_hint
+        return _with_query(meta.end_session_endpoint, params)

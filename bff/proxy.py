@@ -1,0 +1,333 @@
+"""/api/* forwarding: the BFF's hot path, written as plain ASGI.
+
+A request reaches only its route's upstream: the raw path is checked before anything
+is forwarded, because HTTP client libraries "normalise" ``..`` and friends on their own
+and would otherwise turn ``/api/../admin`` into ``/admin``. Headers the upstream must
+not see (the browser's cookies and Authorization, hop-by-hop headers, any spoofed
+X-Forwarded-* in any spelling) are dropped; trusted ones are set. Bodies stream both
+ways. The client is aiohttp, one pooled session per upstream (measured several times
+faster than httpx on this path; see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from starlette.types import Message, Receive, Scope, Send
+from yarl import URL
+
+from .errors import (
+    BadRequest,
+    BFFError,
+    CsrfRejected,
+    NotAuthenticated,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from .services import Services
+from .settings import ApiRoute
+
+log = logging.getLogger("bff.proxy")
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_REQUEST_DROP = _HOP_BY_HOP | frozenset(
+    {
+        "host",
+        "cookie",
+        "cookie2",
+        "authorization",
+        "x-csrf",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-server",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-host",
+        "expect",
+        "content-length",
+    }
+)
+_RESPONSE_DROP = _HOP_BY_HOP | frozenset({"set-cookie", "set-cookie2", "content-length"})
+_BAD_RAW = (b"%2e", b"%2f", b"%5c", b"\\", b"//", b"%00", b"%25")
+
+
+class PathRefused(BFFError):
+    status = 400
+    code = "path_refused"
+    message = "The API path is not allowed (encoded or relative segments)."
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    config: ApiRoute
+    prefix: bytes
+    base_path: bytes
+    origin: str
+    timeout: aiohttp.ClientTimeout
+
+
+def check_path(raw: bytes) -> None:
+    """Refuse anything that could step out of the route's prefix once someone decodes it."""
+    lowered = raw.lower()
+    if any(marker in lowered for marker in _BAD_RAW) or any(b < 0x21 or b == 0x7F for b in raw):
+        raise PathRefused()
+    for segment in raw.split(b"/"):
+        bare = segment.split(b";", 1)[0]
+        if bare in (b".", b".."):
+            raise PathRefused()
+
+
+def _json(status: int, code: str, message: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    body = json.dumps({"error": code, "message": message}).encode()
+    return (
+        status,
+        [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ],
+        body,
+    )
+
+
+class Proxy:
+    def __init__(self, services: Services) -> None:
+        self.svc = services
+        self.origin = services.settings.public_url
+        public = urlsplit(services.settings.public_url)
+        self.forwarded_proto = public.scheme.encode()
+        self.forwarded_host = public.netloc.encode()
+        self.routes: list[_Route] = []
+        for r in services.settings.api_routes:
+            up = urlsplit(r.upstream)
+            self.routes.append(
+                _Route(
+                    config=r,
+                    prefix=r.prefix.encode(),
+                    base_path=up.path.rstrip("/").encode(),
+                    origin=f"{up.scheme}://{up.netloc}",
+                    timeout=aiohttp.ClientTimeout(
+                        total=None, sock_connect=min(r.timeout, 10.0), sock_read=r.timeout
+                    ),
+                )
+            )
+        self._clients: dict[str, aiohttp.ClientSession] = {}
+        self._counters: dict[tuple[str, int], Any] = {}
+
+    async def start(self) -> None:
+        for route in self.routes:
+            if route.origin not in self._clients:
+                connector = aiohttp.TCPConnector(
+                    limit=0,
+                    limit_per_host=512,
+                    keepalive_timeout=30,
+                    enable_cleanup_closed=True,
+                    ttl_dns_cache=60,
+                )
+                self._clients[route.origin] = aiohttp.ClientSession(
+                    base_url=None,
+                    connector=connector,
+                    auto_decompress=False,
+                    skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+                    cookie_jar=aiohttp.DummyCookieJar(),
+                    trust_env=False,
+                )
+
+    async def stop(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+    def match(self, path: str) -> _Route | None:
+        for route in self.routes:
+            p = route.config.prefix
+            if path == p or (path.startswith(p) and path[len(p)] == "/"):
+                return route
+        return None
+
+    def _count(self, route: _Route, status: int) -> None:
+        key = (route.config.prefix, status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.svc.metrics.proxied.labels(route.config.prefix, str(status))
+        counter.inc()
+
+    async def _respond(
+        self, send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def handle(self, route: _Route, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            status = await self._forward(route, scope, receive, send)
+        except BFFError as exc:
+            await self._respond(send, *_json(exc.status, exc.code, exc.message))
+            status = exc.status
+        self._count(route, status)
+
+    def _headers(self, scope: Scope, token: str | None) -> list[tuple[str, str]]:
+        raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        connection_listed: set[str] = set()
+        for k, v in raw_headers:
+            if k == b"connection":
+                connection_listed.update(t.strip().lower() for t in v.decode("latin-1").split(","))
+        out: list[tuple[str, str]] = []
+        for k, v in raw_headers:
+            name = k.decode("latin-1").lower()
+            canonical = name.replace("_", "-")
+            if (
+                canonical in _REQUEST_DROP
+                or canonical in connection_listed
+                or canonical.startswith("x-forwarded-")
+            ):
+                continue
+            out.append((name, v.decode("latin-1")))
+        state = scope.get("state", {})
+        client_ip = state.get("client_ip") or (scope.get("client") or ("",))[0]
+        out.append(("x-forwarded-for", client_ip))
+        out.append(("x-forwarded-proto", self.forwarded_proto.decode()))
+        out.append(("x-forwarded-host", self.forwarded_host.decode()))
+        if "request_id" in state:
+            out.append(("x-request-id", state["request_id"]))
+        if token is not None:
+            out.append(("authorization", f"Bearer {token}"))
+        return out
+
+    async def _token(self, route: _Route, scope: Scope) -> str | None:
+        policy = route.config.token
+        if policy == "none":
+            return None
+        cookie = b""
+        for k, v in scope["headers"]:
+            if k == b"cookie":
+                cookie = v if not cookie else cookie + b"; " + v
+        session_id = self.svc.cookies.session_id(cookie.decode("latin-1"))
+        session = await self.svc.store.load(session_id) if session_id else None
+        if session is None:
+            if policy == "user":
+                raise NotAuthenticated()
+            return None
+        return await self.svc.tokens.access_token(session)
+
+    async def _forward(self, route: _Route, scope: Scope, receive: Receive, send: Send) -> int:
+        csrf = None
+        content_length = None
+        chunked = False
+        for k, v in scope["headers"]:
+            if k == b"x-csrf":
+                csrf = v
+            elif k == b"content-length":
+                content_length = v
+            elif k == b"transfer-encoding":
+                chunked = True
+        if csrf != b"1":
+            raise CsrfRejected()
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        check_path(raw_path)
+        rest = raw_path[len(route.prefix) :] if route.config.strip_prefix else raw_path
+        target = route.origin + ((route.base_path + rest) or b"/").decode("latin-1")
+        query: bytes = scope.get("query_string", b"")
+        if query:
+            target += "?" + query.decode("latin-1")
+        token = await self._token(route, scope)
+        headers = self._headers(scope, token)
+        body: Any = None
+        if content_length is not None:
+            if not content_length.isdigit():
+                raise BadRequest("Invalid Content-Length.")
+            headers.append(("content-length", content_length.decode()))
+            body = self._stream(receive) if content_length != b"0" else b""
+        elif chunked:
+            body = self._stream(receive)
+        client = self._clients[route.origin]
+        started = time.perf_counter()
+        try:
+            response = await client.request(
+                scope["method"],
+                URL(target, encoded=True),
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=route.timeout,
+                compress=None,
+            )
+        except TimeoutError as exc:
+            raise UpstreamTimeout() from exc
+        except aiohttp.ClientError as exc:
+            log.warning(
+                "upstream unreachable", extra={"route": route.config.prefix, "error": type(exc).__name__}
+            )
+            raise UpstreamUnavailable() from exc
+        self.svc.metrics.proxy_latency.labels(route.config.prefix).observe(time.perf_counter() - started)
+        try:
+            out_headers = [
+                (k.lower(), v)
+                for k, v in response.raw_headers
+                if k.decode("latin-1").lower() not in _RESPONSE_DROP
+            ]
+            length = response.content_length
+            if length is not None and length <= 65536 and response.status not in (204, 304):
+                try:
+                    data = await response.read()
+                except TimeoutError as exc:
+                    raise UpstreamTimeout() from exc
+                except aiohttp.ClientError as exc:
+                    raise UpstreamUnavailable() from exc
+                out_headers.append((b"content-length", str(len(data)).encode()))
+                await self._respond(send, response.status, out_headers, data)
+                return response.status
+            if length is not None:
+                out_headers.append((b"content-length", str(length).encode()))
+            await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
+            try:
+                async for chunk in response.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (TimeoutError, aiohttp.ClientError):
+                # Headers are gone already: the only honest signal left is a cut connection.
+                log.warning("upstream failed mid-response", extra={"route": route.config.prefix})
+                raise
+            await send({"type": "http.response.body", "body": b""})
+            return response.status
+        finally:
+            response.release()
+
+    @staticmethod
+    async def _stream(receive: Receive) -> AsyncIterator[bytes]:
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                raise asyncio.CancelledError("client went away")
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return

@@ -1,0 +1,1 @@
+"""HTTP endpoints under /bff, plus health and metrics."""

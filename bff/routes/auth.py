@@ -1,0 +1,240 @@
+"""Login, callback, logout and back-channel logout."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from ..errors import (
+    BadRequest,
+    IdPUnavailable,
+    LoginFailed,
+    LogoutTokenInvalid,
+    ServiceUnavailable,
+    TooManyRequests,
+)
+from ..oidc.client import new_pkce
+from ..oidc.errors import OIDCError, TokenError
+from ..oidc.validation import LOGOUT_TOKEN_MAX_AGE, validate_id_token, validate_logout_token
+from ..security.cookies import binding_hash
+from ..security.csrf import check_csrf
+from ..security.redirects import safe_return_to
+from ..services import Services
+from ..session.models import LoginTransaction, Session, logout_sid, new_session_id
+from .common import client_ip, current_session, services
+
+audit = logging.getLogger("bff.audit")
+log = logging.getLogger("bff.auth")
+
+
+def _redirect(url: str, *cookies: str) -> Response:
+    response = RedirectResponse(url, status_code=302)
+    for cookie in cookies:
+        response.headers.append("set-cookie", cookie)
+    return response
+
+
+async def login(request: Request) -> Response:
+    svc = services(request)
+    return_to = safe_return_to(request.query_params.get("returnTo"))
+    cookie_header = request.headers.get("cookie", "")
+    binding = svc.cookies.login_binding(cookie_header)
+    new_cookie: list[str] = []
+    if binding is None:
+        binding, set_cookie = svc.cookies.new_login_binding()
+        new_cookie.append(set_cookie)
+    state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    verifier, challenge = new_pkce()
+    tx = LoginTransaction(state, nonce, verifier, return_to, binding_hash(binding), int(svc.clock()))
+    if not await svc.store.save_transaction(tx, svc.settings.login_timeout, svc.settings.max_pending_logins):
+        raise TooManyRequests(
+            "Too many sign-ins are in progress in this browser; finish one or wait a few minutes.",
+            code="too_many_pending_logins",
+        )
+    try:
+        url = await svc.client.build_authorization_url(state, nonce, challenge)
+    except TokenError as exc:
+        raise LoginFailed(
+            f"The identity provider refused the authorization request ({exc.error}).", code="par_failed"
+        ) from exc
+    except OIDCError as exc:
+        raise ServiceUnavailable(
+            f"The identity provider is misconfigured: {exc.message}", code=exc.code
+        ) from exc
+    svc.metrics.logins_started.inc()
+    return _redirect(url, *new_cookie)
+
+
+def _fail(svc: Services, reason: str, message: str) -> LoginFailed:
+    svc.metrics.logins_failed.labels(reason).inc()
+    audit.warning("login refused", extra={"event": "login_failed", "reason": reason})
+    return LoginFailed(message, code=reason)
+
+
+async def callback(request: Request) -> Response:
+    svc = services(request)
+    params = request.query_params
+    state = params.get("state")
+    if not state:
+        raise _fail(svc, "missing_state", "The sign-in response has no state; start again.")
+    tx = await svc.store.take_transaction(state)
+    if tx is None:
+        raise _fail(
+            svc, "unknown_state", "This sign-in response is unknown, already used or expired; start again."
+        )
+    binding = svc.cookies.login_binding(request.headers.get("cookie", ""))
+    if binding is None or not hmac.compare_digest(binding_hash(binding), tx.browser_binding):
+        raise _fail(svc, "browser_mismatch", "This sign-in was started in another browser; start again here.")
+    meta = await svc.provider.metadata()
+    iss = params.get("iss")
+    if iss is not None and iss != svc.settings.issuer:
+        raise _fail(svc, "iss_mismatch", "The sign-in response came from an unexpected issuer (mix-up).")
+    if iss is None and meta.authorization_response_iss_parameter_supported:
+        raise _fail(svc, "iss_missing", "The sign-in response lacks the issuer the IdP promised to send.")
+    if params.get("error"):
+        error = params["error"][:64]
+        reason = "access_denied" if error == "access_denied" else "idp_error"
+        text = (
+            "You cancelled the sign-in or access was denied."
+            if error == "access_denied"
+            else (f"The identity provider refused the sign-in ({error}).")
+        )
+        raise _fail(svc, reason, text)
+    code = params.get("code")
+    if not code:
+        raise _fail(svc, "missing_code", "The sign-in response has no authorization code.")
+    try:
+        tokens = await svc.client.exchange_code(code, tx.code_verifier)
+    except TokenError as exc:
+        raise _fail(svc, "code_exchange", f"The identity provider refused the code ({exc.error}).") from exc
+    if not tokens.id_token:
+        raise _fail(svc, "id_token_missing", "The identity provider returned no ID token.")
+    try:
+        claims = await validate_id_token(
+            tokens.id_token,
+            svc.provider,
+            await svc.checks(),
+            nonce=tx.nonce,
+            access_token=tokens.access_token,
+        )
+        userinfo = None
+        if svc.settings.fetch_userinfo:
+            userinfo = await svc.client.userinfo(tokens.access_token, claims["sub"])
+    except OIDCError as exc:
+        raise _fail(svc, exc.code, f"The ID token was refused: {exc.message}.") from exc
+
+    now = int(svc.clock())
+    # Session fixation: whatever session this browser had is ended; the new id is fresh.
+    previous = await current_session(request, touch=False)
+    if previous is not None:
+        await svc.store.delete(previous.id)
+    session = Session(
+        id=new_session_id(),
+        sub=claims["sub"],
+        id_token=tokens.id_token,
+        access_token=tokens.access_token,
+        access_expires_at=tokens.expires_at,
+        refresh_token=tokens.refresh_token,
+        created_at=now,
+        expires_at=now + svc.settings.session_absolute_timeout,
+        last_seen=now,
+        idp_sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None,
+        user_agent=request.headers.get("user-agent", "")[:256],
+        ip=client_ip(request),
+        userinfo=userinfo or None,
+    )
+    ended = await svc.store.create(session, svc.settings.max_sessions_per_user)
+    for old in ended:
+        svc.metrics.logouts.labels("session_limit").inc()
+        audit.info(
+            "session ended", extra={"event": "session_ended", "reason": "session limit", "sub": old.sub}
+        )
+    svc.metrics.logins_completed.inc()
+    audit.info("login", extra={"event": "login", "sub": session.sub, "client": session.ip})
+    return _redirect(svc.settings.public_url + tx.return_to, svc.cookies.set_session(session.id))
+
+
+async def _revoke(svc: Services, session: Session) -> None:
+    if not svc.settings.revoke_on_logout or not session.refresh_token:
+        return
+    try:
+        await svc.client.revoke(session.refresh_token, "refresh_token")
+    except (IdPUnavailable, TokenError, OIDCError) as exc:
+        # The local session is gone already; the refresh token dies with its IdP session.
+        log.warning("refresh token revocation failed", extra={"error": str(exc)})
+
+
+async def logout(request: Request) -> Response:
+    svc = services(request)
+    if request.method == "POST":
+        check_csrf(request.headers, svc.settings.public_url)
+    session = await current_session(request, touch=False)
+    post_logout = svc.settings.post_logout_redirect_uri
+    if session is None:
+        return _redirect(post_logout, svc.cookies.clear_session())
+    if request.method == "GET":
+        sid = request.query_params.get("sid", "")
+        if not hmac.compare_digest(sid.encode(), logout_sid(session.id).encode()):
+            raise BadRequest(
+                "Logging out by link needs this session's sid (see logout_url in /bff/user).",
+                code="logout_sid_mismatch",
+            )
+    await svc.store.delete(session.id)
+    svc.metrics.logouts.labels("logout").inc()
+    audit.info("logout", extra={"event": "logout", "sub": session.sub})
+    await _revoke(svc, session)
+    try:
+        url = await svc.client.end_session_url(session.id_token, post_logout)
+    except (IdPUnavailable, OIDCError):
+        url = None
+    return _redirect(url or post_logout, svc.cookies.clear_session())
+
+
+async def backchannel_logout(request: Request) -> Response:
+    svc = services(request)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        svc.metrics.backchannel.labels("invalid").inc()
+        raise LogoutTokenInvalid("Send the logout_token form-encoded.", code="invalid_request")
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    values = form.get("logout_token", [])
+    token = values[0] if len(values) == 1 else None
+    if not isinstance(token, str) or not token:
+        svc.metrics.backchannel.labels("invalid").inc()
+        raise LogoutTokenInvalid("The logout_token parameter is missing.", code="invalid_request")
+    checks = await svc.checks()
+    try:
+        claims = await validate_logout_token(token, svc.provider, checks)
+    except OIDCError as exc:
+        svc.metrics.backchannel.labels("invalid").inc()
+        audit.warning("logout token refused", extra={"event": "backchannel_refused", "reason": exc.code})
+        raise LogoutTokenInvalid(f"The logout token was refused: {exc.message}.") from exc
+    exp = claims.get("exp")
+    ttl = LOGOUT_TOKEN_MAX_AGE + 2 * checks.skew
+    if isinstance(exp, int | float):
+        ttl = max(ttl, int(exp) - checks.now + checks.skew)
+    if not await svc.store.remember_jti(claims["jti"], ttl):
+        svc.metrics.backchannel.labels("replay").inc()
+        raise LogoutTokenInvalid(
+            "The logout token was already used (jti replay).", code="invalid_logout_token"
+        )
+    sub, sid = claims.get("sub"), claims.get("sid")
+    if sid is not None:
+        targets = [s for s in await svc.store.sessions_by_idp_sid(sid) if sub is None or s.sub == sub]
+    else:
+        assert isinstance(sub, str)  # validate_logout_token requires sub or sid
+        targets = await svc.store.sessions_of(sub)
+    for target in targets:
+        await svc.store.delete(target.id)
+        svc.metrics.logouts.labels("backchannel").inc()
+    svc.metrics.backchannel.labels("ok").inc()
+    audit.info(
+        "back-channel logout",
+        extra={"event": "backchannel_logout", "sub": sub, "sessions_ended": len(targets)},
+    )
+    return Response(status_code=200, headers={"Cache-Control": "no-store"})

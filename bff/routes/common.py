@@ -1,0 +1,39 @@
+"""Helpers shared by the endpoints: the services, the caller's session."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from ..errors import NotAuthenticated
+from ..security.csrf import check_csrf
+from ..services import Services
+from ..session.models import Session
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+def client_ip(request: Request) -> str:
+    ip: str = request.scope.get("state", {}).get("client_ip", "")
+    return ip
+
+
+async def current_session(request: Request, touch: bool = True) -> Session | None:
+    """The caller's live session, or None (no cookie, bad signature, ended or expired)."""
+    svc = services(request)
+    session_id = svc.cookies.session_id(request.headers.get("cookie", ""))
+    if session_id is None:
+        return None
+    return await svc.store.load(session_id, touch=touch)
+
+
+async def require_session(request: Request) -> Session:
+    """For XHR endpoints: X-CSRF checked, then the session or 401."""
+    svc = services(request)
+    check_csrf(request.headers, svc.settings.public_url)
+    session = await current_session(request)
+    if session is None:
+        raise NotAuthenticated()
+    return session

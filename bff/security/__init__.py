@@ -1,0 +1,1 @@
+"""Browser-facing defences: cookies, CSRF, redirect targets."""

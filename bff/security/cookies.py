@@ -1,0 +1,96 @@
+"""The only code that writes cookies.
+
+The session cookie holds nothing but the signed session id. Signing keys come from
+``BFF_SECRET_KEY``: the first signs, every key verifies, so keys rotate without
+logging anyone out. A second, short-lived cookie binds a login transaction to the
+browser that started it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from http.cookies import SimpleCookie
+
+from itsdangerous import BadSignature, Signer
+
+from ..settings import Settings
+
+_SESSION_SALT = "bff.session"
+_LOGIN_SALT = "bff.login-binding"
+
+
+class CookieCodec:
+    def __init__(self, secret_keys: tuple[str, ...], salt: str) -> None:
+        # itsdangerous signs with the *last* key and verifies with all of them.
+        self._signer = Signer(list(reversed(secret_keys)), salt=salt, digest_method=hashlib.sha256)
+
+    def encode(self, value: str) -> str:
+        return self._signer.sign(value).decode()
+
+    def decode(self, cookie: str | None) -> str | None:
+        if not cookie or len(cookie) > 256:
+            return None
+        try:
+            return self._signer.unsign(cookie).decode()
+        except (BadSignature, UnicodeError):
+            return None
+
+
+def read_cookie(header: str, name: str) -> str | None:
+    """The value of cookie ``name`` in a Cookie header (first one wins, as browsers send)."""
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value.strip().strip('"')
+    return None
+
+
+class Cookies:
+    def __init__(self, settings: Settings) -> None:
+        self.session_name = settings.cookie_name
+        secure = settings.secure_cookies
+        self.login_name = ("__Host-" if secure else "") + "bff_login"
+        self._secure = secure
+        self._samesite = settings.cookie_samesite
+        self._max_age = settings.session_absolute_timeout
+        self._login_max_age = settings.login_timeout
+        self.session = CookieCodec(settings.secret_keys, _SESSION_SALT)
+        self.login = CookieCodec(settings.secret_keys, _LOGIN_SALT)
+
+    def _header(self, name: str, value: str, max_age: int, samesite: str) -> str:
+        c: SimpleCookie = SimpleCookie()
+        c[name] = value
+        morsel = c[name]
+        morsel["path"] = "/"
+        morsel["httponly"] = True
+        morsel["samesite"] = samesite.capitalize()
+        morsel["max-age"] = max_age
+        if self._secure:
+            morsel["secure"] = True
+        return morsel.OutputString()
+
+    def session_id(self, cookie_header: str) -> str | None:
+        return self.session.decode(read_cookie(cookie_header, self.session_name))
+
+    def set_session(self, session_id: str) -> str:
+        return self._header(self.session_name, self.session.encode(session_id), self._max_age, self._samesite)
+
+    def clear_session(self) -> str:
+        return self._header(self.session_name, "", 0, self._samesite)
+
+    def login_binding(self, cookie_header: str) -> str | None:
+        return self.login.decode(read_cookie(cookie_header, self.login_name))
+
+    def new_login_binding(self) -> tuple[str, str]:
+        """A fresh binding value and its Set-Cookie header. Lax: it must ride the IdP's redirect."""
+        value = secrets.token_urlsafe(24)
+        return value, self._header(self.login_name, self.login.encode(value), self._login_max_age, "lax")
+
+    def clear_login_binding(self) -> str:
+        return self._header(self.login_name, "", 0, "lax")
+
+
+def binding_hash(value: str) -> str:
+    """What the store keeps of the binding cookie: enough to compare, useless to replay."""
+    return hashlib.sha256(value.encode()).hexdigest()[:32]

@@ -1,0 +1,32 @@
+"""The objects a running BFF is made of, built once by app.create_app."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from .metrics import Metrics
+from .oidc.client import OIDCClient
+from .oidc.provider import Provider
+from .oidc.validation import Expectations
+from .security.cookies import Cookies
+from .session.store import SessionStore
+from .settings import Settings
+from .tokens import TokenManager
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: SessionStore
+    http: httpx.AsyncClient
+    provider: Provider
+    client: OIDCClient
+    tokens: TokenManager
+    cookies: Cookies
+    metrics: Metrics
+    checks: Expectations
+    clock: Callable[[], float] = field(default=time.time)

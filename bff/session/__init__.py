@@ -1,0 +1,1 @@
+"""Server-side sessions: models, the store contract, the memory and Redis stores."""

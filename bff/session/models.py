@@ -1,0 +1,163 @@
+"""The server-side session and the login transaction, with their compact encodings.
+
+The stored record keeps each token once: the user's claims are read back from the
+(already validated) ID token instead of being stored beside it, which keeps a
+session close to the size of its tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+# Protocol claims that say nothing about the user and are not shown to the SPA.
+_PROTOCOL_CLAIMS = frozenset({"nonce", "at_hash", "c_hash", "s_hash"})
+
+
+def new_session_id() -> str:
+    """256 random bits; a fresh one at every login."""
+    return secrets.token_urlsafe(32)
+
+
+def _digest(label: str, value: str) -> str:
+    return (
+        base64.urlsafe_b64encode(hashlib.sha256(f"{label}:{value}".encode()).digest()[:16])
+        .decode()
+        .rstrip("=")
+    )
+
+
+def public_handle(session_id: str) -> str:
+    """The id a user sees for a session in /bff/sessions: unlinkable to the real id."""
+    return _digest("handle", session_id)
+
+
+def logout_sid(session_id: str) -> str:
+    """The session-bound value a GET /bff/logout must carry (known only to this session's SPA)."""
+    return _digest("logout", session_id)
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    """Claims of a JWT we validated earlier (no validation here)."""
+    try:
+        payload = token.split(".")[1]
+        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    sub: str
+    id_token: str
+    access_token: str
+    access_expires_at: int
+    refresh_token: str | None
+    created_at: int
+    expires_at: int
+    last_seen: int
+    idp_sid: str | None = None
+    user_agent: str = ""
+    ip: str = ""
+    userinfo: dict[str, Any] | None = None
+    _claims: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:  # never print tokens
+        return f"Session(handle={public_handle(self.id)}, sub={self.sub!r}, expires_at={self.expires_at})"
+
+    @property
+    def claims(self) -> dict[str, Any]:
+        if self._claims is None:
+            claims = {k: v for k, v in jwt_claims(self.id_token).items() if k not in _PROTOCOL_CLAIMS}
+            if self.userinfo:
+                claims.update({k: v for k, v in self.userinfo.items() if k not in claims})
+            self._claims = claims
+        return self._claims
+
+    def idle_expires_at(self, idle_timeout: int) -> int:
+        return min(self.last_seen + idle_timeout, self.expires_at)
+
+    def with_tokens(
+        self,
+        access_token: str,
+        access_expires_at: int,
+        refresh_token: str | None,
+        id_token: str | None,
+    ) -> Session:
+        return replace(
+            self,
+            access_token=access_token,
+            access_expires_at=access_expires_at,
+            refresh_token=refresh_token,
+            id_token=id_token or self.id_token,
+            _claims=None,
+        )
+
+    def encode(self) -> bytes:
+        """Compact JSON of everything but the id and the timestamps kept beside it in the store."""
+        body: dict[str, Any] = {
+            "s": self.sub,
+            "i": self.id_token,
+            "a": self.access_token,
+            "x": self.access_expires_at,
+            "c": self.created_at,
+        }
+        if self.refresh_token:
+            body["r"] = self.refresh_token
+        if self.idp_sid:
+            body["d"] = self.idp_sid
+        if self.user_agent:
+            body["u"] = self.user_agent
+        if self.ip:
+            body["p"] = self.ip
+        if self.userinfo:
+            body["n"] = self.userinfo
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, session_id: str, data: bytes, expires_at: int, last_seen: int) -> Session:
+        body = json.loads(data)
+        return cls(
+            id=session_id,
+            sub=body["s"],
+            id_token=body["i"],
+            access_token=body["a"],
+            access_expires_at=body["x"],
+            refresh_token=body.get("r"),
+            created_at=body["c"],
+            expires_at=expires_at,
+            last_seen=last_seen,
+            idp_sid=body.get("d"),
+            user_agent=body.get("u", ""),
+            ip=body.get("p", ""),
+            userinfo=body.get("n"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LoginTransaction:
+    """What /bff/login remembers for /bff/callback: single-use, short-lived, browser-bound."""
+
+    state: str
+    nonce: str
+    code_verifier: str
+    return_to: str
+    browser_binding: str  # hash of the browser's login-binding cookie
+    created_at: int
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            [self.nonce, self.code_verifier, self.return_to, self.browser_binding, self.created_at],
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, state: str, data: bytes) -> LoginTransaction:
+        nonce, verifier, return_to, binding, created = json.loads(data)
+        return cls(state, nonce, verifier, return_to, binding, created)

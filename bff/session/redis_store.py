@@ -1,0 +1,312 @@
+"""The Redis session store (single server, Sentinel or Cluster).
+
+Keys (every command touches one key, so Cluster needs no hash tags):
+
+    bff:s:<session id>      "<absolute expiry:10><last seen:10>" + encrypted record;
+                            EXPIREAT = min(last seen + idle, absolute expiry)
+    bff:u:<hash(sub)>       ZSET session id -> absolute expiry (per-user index)
+    bff:d:<hash(IdP sid)>   ZSET session id -> absolute expiry (back-channel logout by sid)
+    bff:t:<state>           encrypted login transaction, EX login timeout
+    bff:tn:<binding>        ZSET state -> expiry: a browser's pending logins
+    bff:j:<hash(jti)>       seen logout-token ids
+    bff:l:<name>            locks
+
+A proxied request costs one round trip: a Lua script reads the session and slides its
+idle timeout together. Index entries of sessions that ended by idle expiry are pruned
+whenever an index is read, so no caller ever sees a dead session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.lock import Lock
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import LockError, RedisError
+
+from ..errors import StoreUnavailable
+from .crypto import DecryptionError, RecordCipher
+from .models import LoginTransaction, Session
+from .store import Clock, SessionStore, StoreLock
+
+Client = aioredis.Redis | RedisCluster
+
+_TOUCH = """
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local now = tonumber(ARGV[1])
+local exp = math.min(now + tonumber(ARGV[2]), tonumber(string.sub(v, 1, 10)))
+if exp <= now then redis.call('DEL', KEYS[1]) return false end
+redis.call('EXPIREAT', KEYS[1], exp)
+redis.call('SETRANGE', KEYS[1], 10, ARGV[3])
+return v
+"""
+
+# Replace the record of a live session, keeping its expiry and timestamps header.
+_UPDATE = """
+local head = redis.call('GETRANGE', KEYS[1], 0, 19)
+if head == '' then return 0 end
+redis.call('SET', KEYS[1], head .. ARGV[1], 'KEEPTTL')
+return 1
+"""
+
+_COMMON: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0, "health_check_interval": 15}
+
+
+def _retry() -> Retry:
+    # One quick retry covers a dropped idle connection; more would only delay a 503.
+    return Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1)
+
+
+def connect(url: str) -> Client:
+    """A client for ``redis://``, ``rediss://``, ``redis+sentinel://`` or ``redis+cluster://``.
+
+    Sentinel: ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``.
+    Cluster: ``redis+cluster://[:password@]host:port[,host:port...]`` (any nodes; the rest
+    are discovered).
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    if scheme in ("redis", "rediss", "unix"):
+        return cast(Client, aioredis.Redis.from_url(url, retry=_retry(), **_COMMON))
+    ssl = scheme.startswith("rediss")
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    nodes = []
+    for hp in hostlist.split(","):
+        host, _, port = hp.rpartition(":")
+        nodes.append((host.strip("[]") or "localhost", int(port or 6379)))
+    query = parse_qs(parts.query)
+    auth: dict[str, Any] = {}
+    if password:
+        auth["password"] = unquote(password)
+    if username:
+        auth["username"] = unquote(username)
+    if scheme.endswith("+sentinel"):
+        path = [p for p in parts.path.split("/") if p]
+        service = path[0] if path else "mymaster"
+        db = int(path[1]) if len(path) > 1 else 0
+        sentinel_auth = {}
+        if "sentinel_password" in query:
+            sentinel_auth["password"] = query["sentinel_password"][0]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            nodes, sentinel_kwargs={**_COMMON, **sentinel_auth}, ssl=ssl, **_COMMON
+        )
+        return cast(Client, sentinel.master_for(service, db=db, retry=_retry(), **auth))
+    if scheme.endswith("+cluster"):
+        return RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in nodes],
+            ssl=ssl,
+            retry=_retry(),
+            socket_connect_timeout=2.0,
+            socket_timeout=5.0,
+            **auth,
+        )
+    raise ValueError(f"unsupported Redis URL scheme {scheme!r}")
+
+
+def _h(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+class _RedisLock(StoreLock):
+    def __init__(self, lock: Lock) -> None:
+        self._lock = lock
+
+    async def acquire(self, wait: float) -> bool:
+        try:
+            return bool(await self._lock.acquire(blocking_timeout=wait))
+        except RedisError as exc:
+            raise StoreUnavailable() from exc
+
+    async def extend(self) -> None:
+        try:
+            await self._lock.reacquire()
+        except (LockError, RedisError):
+            return  # lost or unreachable: the refresh still completes, the waiters re-check
+
+    async def release(self) -> None:
+        try:
+            await self._lock.release()
+        except (LockError, RedisError):
+            return  # expired already; nothing to release
+
+
+class RedisStore(SessionStore):
+    def __init__(
+        self, client: Client, cipher: RecordCipher, idle_timeout: int, clock: Clock = time.time
+    ) -> None:
+        super().__init__(idle_timeout, clock)
+        self.r = client
+        self.cipher = cipher
+        self._touch = client.register_script(_TOUCH)
+        self._update = client.register_script(_UPDATE)
+
+    # --- helpers --------------------------------------------------------------------
+    @staticmethod
+    def _skey(session_id: str) -> str:
+        return f"bff:s:{session_id}"
+
+    def _record(self, session: Session) -> bytes:
+        return self.cipher.encrypt(session.encode(), self._skey(session.id).encode())
+
+    def _decode(self, session_id: str, raw: bytes) -> Session | None:
+        try:
+            expires_at, last_seen = int(raw[:10]), int(raw[10:20])
+            data = self.cipher.decrypt(raw[20:], self._skey(session_id).encode())
+            return Session.decode(session_id, data, expires_at, last_seen)
+        except (ValueError, KeyError, DecryptionError):
+            return None  # unreadable (retired key, corrupt): treated as no session
+
+    async def _guard(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except RedisError as exc:
+            raise StoreUnavailable() from exc
+        except OSError as exc:
+            raise StoreUnavailable() from exc
+
+    async def _index_add(self, key: str, session: Session) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zadd(key, {session.id: session.expires_at})
+        pipe.expireat(key, session.expires_at, nx=True)
+        pipe.expireat(key, session.expires_at, gt=True)
+        await pipe.execute()
+
+    async def _live_members(self, key: str) -> list[Session]:
+        now = self.now()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zremrangebyscore(key, "-inf", now)
+        pipe.zrange(key, 0, -1)
+        _, ids = await pipe.execute()
+        if not ids:
+            return []
+        ids = [i.decode() for i in ids]
+        pipe = self.r.pipeline(transaction=False)
+        for sid in ids:
+            pipe.get(self._skey(sid))
+        raws = await pipe.execute()
+        live: list[Session] = []
+        dead: list[str] = []
+        for sid, raw in zip(ids, raws, strict=True):
+            s = self._decode(sid, raw) if raw else None
+            if s is None:
+                dead.append(sid)
+            else:
+                live.append(s)
+        if dead:
+            await self.r.zrem(key, *dead)
+        return sorted(live, key=lambda s: (s.created_at, s.expires_at))
+
+    # --- sessions -------------------------------------------------------------------
+    async def create(self, session: Session, max_per_user: int = 0) -> list[Session]:
+        async def run() -> list[Session]:
+            header = b"%010d%010d" % (session.expires_at, session.last_seen)
+            exp = session.idle_expires_at(self.idle_timeout)
+            await self.r.set(self._skey(session.id), header + self._record(session), exat=exp)
+            ukey = f"bff:u:{_h(session.sub)}"
+            await self._index_add(ukey, session)
+            if session.idp_sid:
+                await self._index_add(f"bff:d:{_h(session.idp_sid)}", session)
+            ended: list[Session] = []
+            if max_per_user:
+                mine = [s for s in await self._live_members(ukey) if s.id != session.id]
+                while len(mine) + 1 > max_per_user and mine:
+                    oldest = mine.pop(0)
+                    if await self.delete(oldest.id) is not None:
+                        ended.append(oldest)
+            return ended
+
+        return cast(list[Session], await self._guard(run()))
+
+    async def load(self, session_id: str, touch: bool = True) -> Session | None:
+        now = self.now()
+        if touch:
+            raw = await self._guard(
+                self._touch(keys=[self._skey(session_id)], args=[now, self.idle_timeout, b"%010d" % now])
+            )
+        else:
+            raw = await self._guard(self.r.get(self._skey(session_id)))
+        if not raw:
+            return None
+        session = self._decode(session_id, raw)
+        if session is not None and touch:
+            session.last_seen = now
+        return session
+
+    async def update_tokens(self, session: Session) -> bool:
+        done = await self._guard(self._update(keys=[self._skey(session.id)], args=[self._record(session)]))
+        return bool(done)
+
+    async def delete(self, session_id: str) -> Session | None:
+        raw = await self._guard(self.r.getdel(self._skey(session_id)))
+        if not raw:
+            return None
+        session = self._decode(session_id, raw)
+        if session is None:
+            return None
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zrem(f"bff:u:{_h(session.sub)}", session_id)
+        if session.idp_sid:
+            pipe.zrem(f"bff:d:{_h(session.idp_sid)}", session_id)
+        await self._guard(pipe.execute())
+        return session
+
+    async def sessions_of(self, sub: str) -> list[Session]:
+        return cast(list[Session], await self._guard(self._live_members(f"bff:u:{_h(sub)}")))
+
+    async def sessions_by_idp_sid(self, idp_sid: str) -> list[Session]:
+        return cast(list[Session], await self._guard(self._live_members(f"bff:d:{_h(idp_sid)}")))
+
+    # --- login transactions ---------------------------------------------------------
+    async def save_transaction(self, tx: LoginTransaction, ttl: int, max_pending: int) -> bool:
+        async def run() -> bool:
+            now = self.now()
+            pkey = f"bff:tn:{tx.browser_binding}"
+            pipe = self.r.pipeline(transaction=False)
+            pipe.zremrangebyscore(pkey, "-inf", now)
+            pipe.zcard(pkey)
+            _, pending = await pipe.execute()
+            if pending >= max_pending:
+                return False
+            key = f"bff:t:{tx.state}"
+            pipe = self.r.pipeline(transaction=False)
+            pipe.set(key, self.cipher.encrypt(tx.encode(), key.encode()), ex=ttl)
+            pipe.zadd(pkey, {tx.state: now + ttl})
+            pipe.expire(pkey, ttl)
+            await pipe.execute()
+            return True
+
+        return cast(bool, await self._guard(run()))
+
+    async def take_transaction(self, state: str) -> LoginTransaction | None:
+        key = f"bff:t:{state}"
+        raw = await self._guard(self.r.getdel(key))
+        if not raw:
+            return None
+        try:
+            tx = LoginTransaction.decode(state, self.cipher.decrypt(raw, key.encode()))
+        except (ValueError, DecryptionError):
+            return None
+        await self._guard(self.r.zrem(f"bff:tn:{tx.browser_binding}", state))
+        return tx
+
+    # --- replay, locks, health ------------------------------------------------------
+    async def remember_jti(self, jti: str, ttl: int) -> bool:
+        return bool(await self._guard(self.r.set(f"bff:j:{_h(jti)}", b"1", nx=True, ex=max(ttl, 1))))
+
+    def lock(self, name: str, timeout: float) -> StoreLock:
+        return _RedisLock(Lock(self.r, f"bff:l:{name}", timeout=timeout, sleep=0.05))
+
+    async def ping(self) -> None:
+        await self._guard(self.r.ping())
+
+    async def close(self) -> None:
+        await self.r.aclose()

@@ -1,0 +1,221 @@
+"""The session store contract, and the in-memory store for one development process.
+
+Every store keeps: sessions (idle timeout that slides on use, absolute timeout that
+never moves, expiring by themselves), a per-user index and an IdP-``sid`` index that
+never hand back a dead session, single-use login transactions, seen logout-token
+``jti`` values, and named locks for single-flight refresh. tests/contract runs one
+suite against every implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+from .models import LoginTransaction, Session
+
+Clock = Callable[[], float]
+
+
+class StoreLock(ABC):
+    """A lock shared by every process using the store; renewable while held."""
+
+    @abstractmethod
+    async def acquire(self, wait: float) -> bool: ...
+
+    @abstractmethod
+    async def extend(self) -> None: ...
+
+    @abstractmethod
+    async def release(self) -> None: ...
+
+
+class SessionStore(ABC):
+    def __init__(self, idle_timeout: int, clock: Clock = time.time) -> None:
+        self.idle_timeout = idle_timeout
+        self.clock = clock
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    # --- sessions -------------------------------------------------------------------
+    @abstractmethod
+    async def create(self, session: Session, max_per_user: int = 0) -> list[Session]:
+        """Store a new session and index it; returns the sessions ended to respect the limit."""
+
+    @abstractmethod
+    async def load(self, session_id: str, touch: bool = True) -> Session | None:
+        """The live session, sliding its idle timeout when ``touch``; None when gone."""
+
+    @abstractmethod
+    async def update_tokens(self, session: Session) -> bool:
+        """Replace the tokens of a still-live session atomically; False when it has ended."""
+
+    @abstractmethod
+    async def delete(self, session_id: str) -> Session | None:
+        """End a session and drop it from every index; returns it if it was live."""
+
+    @abstractmethod
+    async def sessions_of(self, sub: str) -> list[Session]:
+        """Every live session of a user (oldest first); dead index entries are pruned."""
+
+    @abstractmethod
+    async def sessions_by_idp_sid(self, idp_sid: str) -> list[Session]:
+        """Live sessions created under an IdP session id (for back-channel logout)."""
+
+    # --- login transactions ---------------------------------------------------------
+    @abstractmethod
+    async def save_transaction(self, tx: LoginTransaction, ttl: int, max_pending: int) -> bool:
+        """Store a pending login; False when the browser already has ``max_pending``."""
+
+    @abstractmethod
+    async def take_transaction(self, state: str) -> LoginTransaction | None:
+        """Fetch and delete in one step: a transaction can be used once."""
+
+    # --- replay, locks, health ------------------------------------------------------
+    @abstractmethod
+    async def remember_jti(self, jti: str, ttl: int) -> bool:
+        """True the first time a ``jti`` is seen within ``ttl`` seconds."""
+
+    @abstractmethod
+    def lock(self, name: str, timeout: float) -> StoreLock: ...
+
+    @abstractmethod
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class locked(AbstractAsyncContextManager[bool]):
+    """``async with locked(store.lock(...), wait) as got:`` - got is False on timeout."""
+
+    def __init__(self, lock: StoreLock, wait: float) -> None:
+        self._lock = lock
+        self._wait = wait
+        self._held = False
+
+    async def __aenter__(self) -> bool:
+        self._held = await self._lock.acquire(self._wait)
+        return self._held
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._held:
+            await self._lock.release()
+
+
+class _MemoryLock(StoreLock):
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self._lock = lock
+
+    async def acquire(self, wait: float) -> bool:
+        try:
+            await asyncio.wait_for(self._lock.acquire(), wait)
+        except TimeoutError:
+            return False
+        return True
+
+    async def extend(self) -> None:
+        return None
+
+    async def release(self) -> None:
+        if self._lock.locked():
+            self._lock.release()
+
+
+class MemoryStore(SessionStore):
+    """Everything in this process's memory: for development and tests with one process."""
+
+    def __init__(self, idle_timeout: int, clock: Clock = time.time) -> None:
+        super().__init__(idle_timeout, clock)
+        self._sessions: dict[str, Session] = {}
+        self._tx: dict[str, tuple[LoginTransaction, int]] = {}
+        self._jti: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _live(self, session_id: str) -> Session | None:
+        s = self._sessions.get(session_id)
+        if s is None:
+            return None
+        if s.idle_expires_at(self.idle_timeout) <= self.now():
+            del self._sessions[session_id]
+            return None
+        return s
+
+    def _purge(self) -> None:
+        for sid in list(self._sessions):
+            self._live(sid)
+        now = self.now()
+        self._tx = {k: v for k, v in self._tx.items() if v[1] > now}
+        self._jti = {k: v for k, v in self._jti.items() if v > now}
+
+    async def create(self, session: Session, max_per_user: int = 0) -> list[Session]:
+        self._purge()
+        self._sessions[session.id] = session
+        ended: list[Session] = []
+        if max_per_user:
+            mine = await self.sessions_of(session.sub)
+            while len(mine) > max_per_user:
+                oldest = mine.pop(0)
+                if oldest.id == session.id:  # never evict the session being created
+                    continue
+                await self.delete(oldest.id)
+                ended.append(oldest)
+        return ended
+
+    async def load(self, session_id: str, touch: bool = True) -> Session | None:
+        s = self._live(session_id)
+        if s is not None and touch:
+            s.last_seen = self.now()
+        return s
+
+    async def update_tokens(self, session: Session) -> bool:
+        current = self._live(session.id)
+        if current is None:
+            return False
+        session.last_seen = max(session.last_seen, current.last_seen)
+        self._sessions[session.id] = session
+        return True
+
+    async def delete(self, session_id: str) -> Session | None:
+        s = self._live(session_id)
+        self._sessions.pop(session_id, None)
+        return s
+
+    async def sessions_of(self, sub: str) -> list[Session]:
+        self._purge()
+        mine = [s for s in self._sessions.values() if s.sub == sub]
+        return sorted(mine, key=lambda s: (s.created_at, s.expires_at))
+
+    async def sessions_by_idp_sid(self, idp_sid: str) -> list[Session]:
+        self._purge()
+        return [s for s in self._sessions.values() if s.idp_sid == idp_sid]
+
+    async def save_transaction(self, tx: LoginTransaction, ttl: int, max_pending: int) -> bool:
+        self._purge()
+        pending = sum(1 for t, _ in self._tx.values() if t.browser_binding == tx.browser_binding)
+        if pending >= max_pending:
+            return False
+        self._tx[tx.state] = (tx, self.now() + ttl)
+        return True
+
+    async def take_transaction(self, state: str) -> LoginTransaction | None:
+        self._purge()
+        entry = self._tx.pop(state, None)
+        return entry[0] if entry else None
+
+    async def remember_jti(self, jti: str, ttl: int) -> bool:
+        self._purge()
+        if jti in self._jti:
+            return False
+        self._jti[jti] = self.now() + ttl
+        return True
+
+    def lock(self, name: str, timeout: float) -> StoreLock:
+        return _MemoryLock(self._locks.setdefault(name, asyncio.Lock()))
+
+    async def ping(self) -> None:
+        return None

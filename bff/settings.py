@@ -1,0 +1,534 @@
+"""Settings: one frozen object read once from ``BFF_*`` environment variables.
+
+Every problem is collected before anything is raised, so an operator sees all of
+them at once; each is one line naming the variable and what is wrong. Secrets are
+masked in ``repr`` so a settings object can be logged safely.
+
+Every variable read here is listed in ``SETTINGS_DOC`` and documented in
+docs/configuration.md (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+TokenPolicy = Literal["user", "user-optional", "none"]
+SameSite = Literal["lax", "strict"]
+
+# Algorithms the BFF accepts for ID tokens and logout tokens at most; the effective
+# list is this one intersected with the IdP's metadata. No "none", no HMAC.
+ASYMMETRIC_ALGS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+    "Ed25519",
+)
+
+SETTINGS_DOC: dict[str, str] = {
+    "BFF_HOST": "interface to listen on",
+    "BFF_PORT": "port to listen on",
+    "BFF_WORKERS": "number of worker processes",
+    "BFF_ISSUER": "OIDC issuer URL",
+    "BFF_DISCOVERY_URL": "where to fetch the IdP metadata",
+    "BFF_CLIENT_ID": "client id at the IdP",
+    "BFF_CLIENT_SECRET": "client secret",
+    "BFF_CLIENT_AUTH_METHOD": "token endpoint client authentication",
+    "BFF_CLIENT_PRIVATE_KEY": "private key for private_key_jwt",
+    "BFF_USE_PAR": "use pushed authorization requests",
+    "BFF_PUBLIC_URL": "external origin of the BFF",
+    "BFF_SECRET_KEY": "cookie signing keys",
+    "BFF_ENCRYPTION_KEYS": "session encryption keys",
+    "BFF_REDIS_URL": "Redis URL",
+    "BFF_SESSION_STORE": "session store kind",
+    "BFF_SCOPES": "scopes requested",
+    "BFF_EXTRA_AUTH_PARAMS": "extra authorization request parameters",
+    "BFF_API_ROUTES": "upstream routes",
+    "BFF_STATIC_DIR": "built SPA folder",
+    "BFF_SESSION_IDLE_TIMEOUT": "idle timeout",
+    "BFF_SESSION_ABSOLUTE_TIMEOUT": "absolute timeout",
+    "BFF_POST_LOGOUT_REDIRECT_URI": "post-logout redirect",
+    "BFF_COOKIE_NAME": "session cookie name",
+    "BFF_COOKIE_SAMESITE": "session cookie SameSite",
+    "BFF_TOKEN_REFRESH_SKEW": "refresh ahead of expiry",
+    "BFF_CLOCK_SKEW": "clock skew tolerance",
+    "BFF_LOGIN_TIMEOUT": "login transaction lifetime",
+    "BFF_MAX_PENDING_LOGINS": "pending logins per browser",
+    "BFF_MAX_SESSIONS_PER_USER": "session limit per user",
+    "BFF_ID_TOKEN_ALGS": "allowed ID token algorithms",
+    "BFF_REVOKE_ON_LOGOUT": "revoke refresh token at logout",
+    "BFF_FETCH_USERINFO": "fetch UserInfo at login",
+    "BFF_INSECURE_ALLOW_HTTP": "allow http:// for non-loopback hosts",
+    "BFF_TRUSTED_PROXIES": "proxies whose X-Forwarded-* headers are believed",
+    "BFF_CONTENT_SECURITY_POLICY": "CSP for the served SPA",
+    "BFF_FRAME_ANCESTORS": "frame-ancestors for the served SPA",
+    "BFF_MAX_BODY_SIZE": "maximum body for /bff endpoints",
+    "BFF_MAX_HEADER_SIZE": "maximum request header size",
+    "BFF_LOG_FORMAT": "log format",
+    "BFF_LOG_LEVEL": "log level",
+    "BFF_METRICS_ENABLED": "serve /metrics",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRoute:
+    """One upstream mapping: requests under ``prefix`` go to ``upstream``."""
+
+    prefix: str
+    upstream: str
+    token: TokenPolicy = "user"  # noqa: S105 - a policy name, not a secret
+    strip_prefix: bool = False
+    timeout: float = 30.0
+
+
+def _mask(value: object) -> str:
+    return "***" if value else "''"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    issuer: str
+    client_id: str
+    public_url: str
+    secret_keys: tuple[str, ...] = field(repr=False)
+    client_secret: str | None = field(default=None, repr=False)
+    discovery_url: str = ""
+    client_auth_method: str = "auto"
+    client_private_key: str | None = field(default=None, repr=False)
+    use_par: bool = False
+    encryption_keys: tuple[str, ...] = field(default=(), repr=False)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    redis_url: str = field(default="redis://localhost:6379/0", repr=False)
+    session_store: Literal["redis", "memory"] = "redis"
+    scopes: tuple[str, ...] = ("openid", "profile", "email", "offline_access")
+    extra_auth_params: tuple[tuple[str, str], ...] = ()
+    api_routes: tuple[ApiRoute, ...] = ()
+    static_dir: Path | None = None
+    session_idle_timeout: int = 1800
+    session_absolute_timeout: int = 43200
+    post_logout_redirect_uri: str = ""
+    cookie_name: str = ""
+    cookie_samesite: SameSite = "lax"
+    token_refresh_skew: int = 60
+    clock_skew: int = 60
+    login_timeout: int = 600
+    max_pending_logins: int = 10
+    max_sessions_per_user: int = 0
+    id_token_algs: tuple[str, ...] = ASYMMETRIC_ALGS
+    revoke_on_logout: bool = True
+    fetch_userinfo: bool = False
+    insecure_allow_http: bool = False
+    trusted_proxies: tuple[str, ...] = ()
+    content_security_policy: str = (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
+        "form-action 'self'"
+    )
+    frame_ancestors: str = "'none'"
+    max_body_size: int = 65536
+    max_header_size: int = 32768
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+    metrics_enabled: bool = True
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.public_url.startswith("https://")
+
+    @property
+    def redirect_uri(self) -> str:
+        return f"{self.public_url}/bff/callback"
+
+    @property
+    def public_origin(self) -> str:
+        return self.public_url
+
+    def __repr__(self) -> str:  # secrets masked, everything else shown
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown = _mask(value) if not f.repr else repr(value)
+            parts.append(f"{f.name}={shown}")
+        return f"Settings({', '.join(parts)})"
+
+
+class _Reader:
+    """Reads variables and collects one problem line per bad variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def raw(self, name: str) -> str | None:
+        value = self.env.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def required(self, name: str, what: str) -> str:
+        value = self.raw(name)
+        if value is None:
+            self.problems.append(f"{name} is required ({what})")
+            return ""
+        return value
+
+    def integer(self, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            self.problems.append(f"{name} must be a whole number, got {value!r}")
+            return default
+        if number < minimum or (maximum is not None and number > maximum):
+            bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            self.problems.append(f"{name} must be {bounds}, got {number}")
+            return default
+        return number
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        self.problems.append(f"{name} must be true or false, got {value!r}")
+        return default
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() not in choices:
+            self.problems.append(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+            return default
+        return value.lower()
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_url(r: _Reader, name: str, value: str, allow_http: bool, *, origin_only: bool) -> str:
+    """Validate an absolute URL; http only on loopback unless explicitly allowed."""
+    if not value:
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        r.problems.append(f"{name} must be an absolute http(s) URL, got {value!r}")
+        return value
+    if parts.scheme == "http" and not allow_http and not _is_loopback(parts.hostname):
+        r.problems.append(
+            f"{name} must use https:// for a non-loopback host "
+            f"(set BFF_INSECURE_ALLOW_HTTP=true to allow http), got {value!r}"
+        )
+    if parts.query or parts.fragment:
+        r.problems.append(f"{name} must not have a query or fragment, got {value!r}")
+    if origin_only and parts.path not in ("", "/"):
+        r.problems.append(f"{name} must be an origin without a path, got {value!r}")
+    return value.rstrip("/") if origin_only else value
+
+
+def parse_api_routes(value: str, problems: list[str]) -> tuple[ApiRoute, ...]:
+    """Parse ``/api=http://host,/b=http://other`` or the JSON list form."""
+    name = "BFF_API_ROUTES"
+    items: list[dict[str, object]] = []
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{name} is not valid JSON: {exc.msg} at position {exc.pos}")
+            return ()
+        if not isinstance(parsed, list) or not all(isinstance(i, dict) for i in parsed):
+            problems.append(f"{name} JSON form must be a list of objects")
+            return ()
+        items = parsed
+    else:
+        for pair in text.split(","):
+            if not pair.strip():
+                continue
+            left, sep, right = pair.strip().partition("=")
+            if not sep:
+                problems.append(f"{name} entry {pair.strip()!r} must look like /prefix=http://upstream")
+                continue
+            items.append({"prefix": left.strip(), "upstream": right.strip()})
+    routes: list[ApiRoute] = []
+    allowed = {"prefix", "upstream", "token", "strip_prefix", "timeout"}
+    for item in items:
+        unknown = set(item) - allowed
+        if unknown:
+            problems.append(f"{name} route has unknown option(s): {', '.join(sorted(unknown))}")
+            continue
+        prefix = item.get("prefix")
+        upstream = item.get("upstream")
+        token = item.get("token", "user")
+        strip = item.get("strip_prefix", False)
+        timeout = item.get("timeout", 30.0)
+        if not isinstance(prefix, str) or not prefix.startswith("/") or prefix == "/":
+            problems.append(f"{name} prefix must be a path like /api, got {prefix!r}")
+            continue
+        prefix = prefix.rstrip("/")
+        if prefix.startswith("/bff") and (prefix == "/bff" or prefix.startswith("/bff/")):
+            problems.append(f"{name} prefix {prefix!r} collides with the BFF's own /bff paths")
+            continue
+        if any(seg in ("", ".", "..") for seg in prefix.split("/")[1:]) or "\\" in prefix:
+            problems.append(f"{name} prefix {prefix!r} has an empty, '.' or '..' segment")
+            continue
+        if not isinstance(upstream, str):
+            problems.append(f"{name} route {prefix} needs an upstream URL")
+            continue
+        parts = urlsplit(upstream)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            problems.append(f"{name} upstream for {prefix} must be an http(s) URL, got {upstream!r}")
+            continue
+        if token not in ("user", "user-optional", "none"):
+            problems.append(f"{name} token for {prefix} must be user, user-optional or none")
+            continue
+        if not isinstance(strip, bool):
+            problems.append(f"{name} strip_prefix for {prefix} must be true or false")
+            continue
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            problems.append(f"{name} timeout for {prefix} must be a positive number of seconds")
+            continue
+        routes.append(
+            ApiRoute(prefix, upstream.rstrip("/"), token, strip, float(timeout))
+        )
+    prefixes = [r.prefix for r in routes]
+    if len(set(prefixes)) != len(prefixes):
+        problems.append(f"{name} has the same prefix twice")
+    # Longest prefix first, so /api/admin wins over /api.
+    return tuple(sorted(routes, key=lambda r: len(r.prefix), reverse=True))
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from ``env`` (default: os.environ); raise ConfigError listing every problem."""
+    r = _Reader(os.environ if env is None else env)
+    allow_http = r.boolean("BFF_INSECURE_ALLOW_HTTP", False)
+
+    issuer = r.required("BFF_ISSUER", "the OIDC issuer URL, e.g. https://idp.example.com/realms/x")
+    issuer = _check_url(r, "BFF_ISSUER", issuer, allow_http, origin_only=False)
+    discovery_url = r.raw("BFF_DISCOVERY_URL") or ""
+    if discovery_url:
+        discovery_url = _check_url(r, "BFF_DISCOVERY_URL", discovery_url, True, origin_only=False)
+    elif issuer:
+        discovery_url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    client_id = r.required("BFF_CLIENT_ID", "the client id registered at the IdP")
+    client_secret = r.raw("BFF_CLIENT_SECRET")
+    auth_method = r.choice(
+        "BFF_CLIENT_AUTH_METHOD",
+        "auto",
+        ("auto", "client_secret_basic", "client_secret_post", "private_key_jwt"),
+    )
+    private_key = r.raw("BFF_CLIENT_PRIVATE_KEY")
+    if private_key and not private_key.lstrip().startswith(("-----BEGIN", "{")):
+        path = Path(private_key)
+        if path.is_file():
+            private_key = path.read_text()
+        else:
+            r.problems.append("BFF_CLIENT_PRIVATE_KEY must be a PEM/JWK or the path of a file holding one")
+    if auth_method == "private_key_jwt" and not private_key:
+        r.problems.append("BFF_CLIENT_PRIVATE_KEY is required when BFF_CLIENT_AUTH_METHOD=private_key_jwt")
+    if auth_method in ("client_secret_basic", "client_secret_post") and not client_secret:
+        r.problems.append(f"BFF_CLIENT_SECRET is required for BFF_CLIENT_AUTH_METHOD={auth_method}")
+    if auth_method == "auto" and not client_secret and not private_key:
+        r.problems.append("BFF_CLIENT_SECRET is required (or set BFF_CLIENT_PRIVATE_KEY for private_key_jwt)")
+
+    public_url = r.required("BFF_PUBLIC_URL", "the external origin, e.g. https://app.example.com")
+    public_url = _check_url(r, "BFF_PUBLIC_URL", public_url, allow_http, origin_only=True)
+
+    secret_raw = r.required("BFF_SECRET_KEY", "at least 32 characters; comma-separated to rotate")
+    secret_keys = tuple(k.strip() for k in secret_raw.split(",") if k.strip())
+    if secret_raw and (not secret_keys or any(len(k) < 32 for k in secret_keys)):
+        r.problems.append("BFF_SECRET_KEY: every key must be at least 32 characters")
+
+    enc_raw = r.raw("BFF_ENCRYPTION_KEYS")
+    encryption_keys: tuple[str, ...] = ()
+    if enc_raw:
+        from .session.crypto import parse_key  # local import: settings stays light
+
+        encryption_keys = tuple(k.strip() for k in enc_raw.split(",") if k.strip())
+        for key in encryption_keys:
+            try:
+                parse_key(key)
+            except ValueError as exc:
+                r.problems.append(f"BFF_ENCRYPTION_KEYS: {exc}")
+                break
+
+    store = r.choice("BFF_SESSION_STORE", "redis", ("redis", "memory"))
+    redis_url = r.raw("BFF_REDIS_URL") or "redis://localhost:6379/0"
+    if store == "redis":
+        scheme = urlsplit(redis_url).scheme
+        valid = (
+            "redis",
+            "rediss",
+            "unix",
+            "redis+sentinel",
+            "rediss+sentinel",
+            "redis+cluster",
+            "rediss+cluster",
+        )
+        if scheme not in valid:
+            r.problems.append(f"BFF_REDIS_URL must start with one of {', '.join(s + '://' for s in valid)}")
+
+    scopes = tuple((r.raw("BFF_SCOPES") or "openid profile email offline_access").split())
+    if "openid" not in scopes:
+        r.problems.append("BFF_SCOPES must include openid")
+
+    extra_params: list[tuple[str, str]] = []
+    extra_raw = r.raw("BFF_EXTRA_AUTH_PARAMS")
+    reserved = {
+        "state",
+        "nonce",
+        "code_challenge",
+        "code_challenge_method",
+        "redirect_uri",
+        "client_id",
+        "response_type",
+        "scope",
+        "request_uri",
+    }
+    if extra_raw:
+        for pair in extra_raw.split("&"):
+            k, sep, v = pair.partition("=")
+            if not sep or not k:
+                r.problems.append("BFF_EXTRA_AUTH_PARAMS must look like key=value&key2=value2")
+                break
+            if k in reserved:
+                r.problems.append(f"BFF_EXTRA_AUTH_PARAMS may not set {k}; the BFF sets it")
+                break
+            extra_params.append((k, v))
+
+    routes: tuple[ApiRoute, ...] = ()
+    routes_raw = r.raw("BFF_API_ROUTES")
+    if routes_raw:
+        routes = parse_api_routes(routes_raw, r.problems)
+
+    static_dir: Path | None = None
+    static_raw = r.raw("BFF_STATIC_DIR")
+    if static_raw:
+        static_dir = Path(static_raw)
+        if not (static_dir / "index.html").is_file():
+            r.problems.append(f"BFF_STATIC_DIR must be a folder holding index.html, got {static_raw!r}")
+
+    idle = r.integer("BFF_SESSION_IDLE_TIMEOUT", 1800, minimum=1)
+    absolute = r.integer("BFF_SESSION_ABSOLUTE_TIMEOUT", 43200, minimum=1)
+    post_logout = r.raw("BFF_POST_LOGOUT_REDIRECT_URI") or (f"{public_url}/" if public_url else "")
+    if r.raw("BFF_POST_LOGOUT_REDIRECT_URI"):
+        post_logout = _check_url(
+            r, "BFF_POST_LOGOUT_REDIRECT_URI", post_logout, allow_http, origin_only=False
+        )
+
+    samesite = r.choice("BFF_COOKIE_SAMESITE", "lax", ("lax", "strict"))
+    secure = public_url.startswith("https://")
+    cookie_name = r.raw("BFF_COOKIE_NAME") or ("__Host-bff_session" if secure else "bff_session")
+    if not cookie_name.replace("_", "").replace("-", "").isalnum():
+        r.problems.append("BFF_COOKIE_NAME may hold only letters, digits, '-' and '_'")
+    if cookie_name.startswith("__Host-") and not secure:
+        r.problems.append("BFF_COOKIE_NAME with the __Host- prefix needs an https BFF_PUBLIC_URL")
+
+    algs_raw = r.raw("BFF_ID_TOKEN_ALGS")
+    algs: tuple[str, ...] = ASYMMETRIC_ALGS
+    if algs_raw:
+        algs = tuple(a.strip() for a in algs_raw.split(",") if a.strip())
+        bad = [a for a in algs if a not in ASYMMETRIC_ALGS]
+        if bad or not algs:
+            r.problems.append(
+                f"BFF_ID_TOKEN_ALGS may hold only asymmetric algorithms ({', '.join(ASYMMETRIC_ALGS)}),"
+                f" got {', '.join(bad) or 'nothing'}"
+            )
+
+    proxies = tuple(p.strip() for p in (r.raw("BFF_TRUSTED_PROXIES") or "").split(",") if p.strip())
+    for p in proxies:
+        try:
+            ipaddress.ip_network(p, strict=False)
+        except ValueError:
+            r.problems.append(f"BFF_TRUSTED_PROXIES entries must be IP addresses or networks, got {p!r}")
+            break
+
+    settings_kwargs = dict(
+        host=r.raw("BFF_HOST") or "127.0.0.1",
+        port=r.integer("BFF_PORT", 8080, minimum=1, maximum=65535),
+        workers=r.integer("BFF_WORKERS", 1, minimum=1, maximum=256),
+        use_par=r.boolean("BFF_USE_PAR", False),
+        session_store=store,
+        token_refresh_skew=r.integer("BFF_TOKEN_REFRESH_SKEW", 60, minimum=0),
+        clock_skew=r.integer("BFF_CLOCK_SKEW", 60, minimum=0, maximum=600),
+        login_timeout=r.integer("BFF_LOGIN_TIMEOUT", 600, minimum=30, maximum=3600),
+        max_pending_logins=r.integer("BFF_MAX_PENDING_LOGINS", 10, minimum=1),
+        max_sessions_per_user=r.integer("BFF_MAX_SESSIONS_PER_USER", 0, minimum=0),
+        revoke_on_logout=r.boolean("BFF_REVOKE_ON_LOGOUT", True),
+        fetch_userinfo=r.boolean("BFF_FETCH_USERINFO", False),
+        max_body_size=r.integer("BFF_MAX_BODY_SIZE", 65536, minimum=1024),
+        max_header_size=r.integer("BFF_MAX_HEADER_SIZE", 32768, minimum=1024),
+        log_format=r.choice("BFF_LOG_FORMAT", "json", ("json", "text")),
+        log_level=r.choice("BFF_LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
+        metrics_enabled=r.boolean("BFF_METRICS_ENABLED", True),
+    )
+    csp = r.raw("BFF_CONTENT_SECURITY_POLICY")
+    frame_ancestors = r.raw("BFF_FRAME_ANCESTORS")
+    if csp is not None and ("\r" in csp or "\n" in csp):
+        r.problems.append("BFF_CONTENT_SECURITY_POLICY must be one line")
+
+    if r.problems:
+        raise ConfigError(r.problems)
+
+    extra: dict[str, object] = {}
+    if csp is not None:
+        extra["content_security_policy"] = csp
+    if frame_ancestors is not None:
+        extra["frame_ancestors"] = frame_ancestors
+    return Settings(
+        issuer=issuer,
+        discovery_url=discovery_url,
+        client_id=client_id,
+        client_secret=client_secret,
+        client_auth_method=auth_method,
+        client_private_key=private_key,
+        public_url=public_url,
+        secret_keys=secret_keys,
+        encryption_keys=encryption_keys,
+        redis_url=redis_url,
+        scopes=scopes,
+        extra_auth_params=tuple(extra_params),
+        api_routes=routes,
+        static_dir=static_dir,
+        session_idle_timeout=idle,
+        session_absolute_timeout=absolute,
+        post_logout_redirect_uri=post_logout,
+        cookie_name=cookie_name,
+        cookie_samesite=samesite,  # type: ignore[arg-type]
+        id_token_algs=algs,
+        insecure_allow_http=allow_http,
+        trusted_proxies=proxies,
+        **settings_kwargs,  # type: ignore[arg-type]
+        **extra,  # type: ignore[arg-type]
+    )

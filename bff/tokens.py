@@ -1,0 +1,163 @@
+"""TokenManager: a fresh access token for a session, or a clear failure.
+
+Single flight at two levels: concurrent requests of one session in this process share
+one task, and processes sharing the store share one refresh through a store lock. The
+lock holder re-reads the session first (another process may have refreshed already),
+renews the lock while the IdP is slow, and on ``invalid_grant`` re-reads once more
+before ending the session, because a refresh by someone else rotates the token under us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from .errors import IdPUnavailable, NotAuthenticated, ServiceUnavailable
+from .metrics import Metrics
+from .oidc.client import OIDCClient, TokenResponse
+from .oidc.errors import OIDCError, TokenError
+from .oidc.validation import Expectations, validate_id_token
+from .session.models import Session, jwt_claims
+from .session.store import SessionStore, StoreLock, locked
+
+log = logging.getLogger("bff.tokens")
+audit = logging.getLogger("bff.audit")
+
+LOCK_TIMEOUT = 10.0  # seconds a lock lives without renewal
+LOCK_WAIT = 30.0  # how long a request waits for another process's refresh
+
+
+class TokenManager:
+    def __init__(
+        self,
+        store: SessionStore,
+        client: OIDCClient,
+        checks: Expectations,
+        refresh_skew: int,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.checks = checks
+        self.skew = refresh_skew
+        self.metrics = metrics
+        self.clock = clock
+        self._inflight: dict[str, asyncio.Future[Session]] = {}
+
+    def is_fresh(self, session: Session) -> bool:
+        return session.access_expires_at == 0 or session.access_expires_at - self.skew > self.clock()
+
+    async def access_token(self, session: Session) -> str:
+        """The session's access token, refreshed first when it expires within the skew."""
+        if self.is_fresh(session):
+            return session.access_token
+        return (await self.fresh_session(session)).access_token
+
+    async def fresh_session(self, session: Session) -> Session:
+        future = self._inflight.get(session.id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._inflight[session.id] = future
+            try:
+                future.set_result(await self._refresh_shared(session))
+            except BaseException as exc:
+                future.set_exception(exc)
+                future.exception()  # mark retrieved: waiters may be none
+                raise
+            finally:
+                self._inflight.pop(session.id, None)
+            return future.result()
+        return await asyncio.shield(future)
+
+    async def _refresh_shared(self, session: Session) -> Session:
+        lock = self.store.lock(f"refresh:{session.id}", LOCK_TIMEOUT)
+        async with locked(lock, LOCK_WAIT) as held:
+            if not held:
+                self.metrics.refreshes.labels("lock_timeout").inc()
+                raise ServiceUnavailable("Another refresh of this session is taking too long; try again.")
+            current = await self.store.load(session.id, touch=False)
+            if current is None:
+                raise NotAuthenticated("The session has ended.")
+            if self.is_fresh(current):
+                self.metrics.refreshes.labels("shared").inc()
+                return current
+            renew = asyncio.create_task(self._renew(lock))
+            try:
+                return await self._refresh(current)
+            finally:
+                renew.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renew
+
+    @staticmethod
+    async def _renew(lock: StoreLock) -> None:
+        while True:
+            await asyncio.sleep(LOCK_TIMEOUT / 3)
+            await lock.extend()
+
+    async def _refresh(self, session: Session) -> Session:
+        if not session.refresh_token:
+            await self._end(session, "access token expired and no refresh token")
+            raise NotAuthenticated("The session's access token expired and it cannot be refreshed.")
+        try:
+            tokens = await self.client.refresh(session.refresh_token)
+        except TokenError as exc:
+            if exc.error == "invalid_grant":
+                again = await self.store.load(session.id, touch=False)
+                if (
+                    again is not None
+                    and again.refresh_token != session.refresh_token
+                    and self.is_fresh(again)
+                ):
+                    self.metrics.refreshes.labels("shared").inc()
+                    return again
+                self.metrics.refreshes.labels("invalid_grant").inc()
+                await self._end(session, "refresh token rejected (invalid_grant)")
+                raise NotAuthenticated("The session has ended at the identity provider.") from exc
+            self.metrics.refreshes.labels("error").inc()
+            audit.warning(
+                "refresh failed", extra={"event": "refresh_failed", "error": exc.error, "sub": session.sub}
+            )
+            raise IdPUnavailable(f"The identity provider refused the refresh ({exc.error}).") from exc
+        except IdPUnavailable:
+            self.metrics.refreshes.labels("idp_unavailable").inc()
+            raise
+        updated = await self._apply(session, tokens)
+        if not await self.store.update_tokens(updated):
+            raise NotAuthenticated("The session ended during the refresh.")
+        self.metrics.refreshes.labels("ok").inc()
+        return updated
+
+    async def _apply(self, session: Session, tokens: TokenResponse) -> Session:
+        id_token = None
+        if tokens.id_token:
+            try:
+                await validate_id_token(
+                    tokens.id_token,
+                    self.client.provider,
+                    await self.checks(),
+                    nonce=None,
+                    access_token=tokens.access_token,
+                    previous=jwt_claims(session.id_token),
+                )
+                id_token = tokens.id_token
+            except OIDCError as exc:
+                # The new tokens came over TLS from the token endpoint; keep the old ID
+                # token rather than adopt one that fails validation, and say so.
+                log.warning(
+                    "refreshed ID token refused; keeping the previous one", extra={"reason": exc.code}
+                )
+        return session.with_tokens(
+            tokens.access_token,
+            tokens.expires_at,
+            tokens.refresh_token or session.refresh_token,
+            id_token,
+        )
+
+    async def _end(self, session: Session, why: str) -> None:
+        await self.store.delete(session.id)
+        audit.info("session ended", extra={"event": "session_ended", "reason": why, "sub": session.sub})

@@ -1,0 +1,543 @@
+"""A real OpenID Connect provider for the tests, run as its own uvicorn process.
+
+It implements what the BFF uses (discovery, JWKS, authorization code with PKCE, PAR,
+refresh with rotation, revocation, UserInfo, end session) and can be told, through
+``/_control/*``, to misbehave in the ways the OpenID certification and RFC 9700
+describe: wrong nonce, bad signature, unknown kid, expired or future-dated ID tokens,
+wrong aud/iss/azp, ``alg: none``, HMAC signed with the public key, error responses,
+a wrong ``iss`` authorization-response parameter, slow or failing endpoints. It also
+mints logout tokens (valid and forged) for back-channel logout tests.
+
+The login is automatic: /authorize signs in ``login_hint`` (or the default user)
+without a form, because the tests are not about a login page.
+
+Run: ``python -m tests.fakes.provider --port 9400``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode
+
+import uvicorn
+from joserfc import jws, jwt
+from joserfc.jwk import ECKey, RSAKey, import_key
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+
+USERS: dict[str, dict[str, Any]] = {
+    "alice": {"sub": "user-alice-0001", "name": "Alice Example", "email": "alice@example.com",
+              "email_verified": True, "preferred_username": "alice"},
+    "bob": {"sub": "user-bob-0002", "name": "Bob Example", "email": "bob@example.com",
+            "email_verified": True, "preferred_username": "bob"},
+}
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def token_hash(value: str) -> str:
+    return b64url(hashlib.sha256(value.encode()).digest()[:16])
+
+
+class State:
+    def __init__(self, issuer: str) -> None:
+        self.issuer = issuer
+        self.keys = [RSAKey.generate_key(2048, parameters={"kid": "k1", "use": "sig", "alg": "RS256"})]
+        self.other_key = RSAKey.generate_key(2048, parameters={"kid": "k1", "use": "sig", "alg": "RS256"})
+        self.reset()
+
+    def reset(self) -> None:
+        self.config: dict[str, Any] = {
+            "client_id": "bff-test",
+            "client_secret": "test-secret",
+            "client_jwk": None,  # public JWK for private_key_jwt
+            "auth_methods": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+            "access_ttl": 300,
+            "id_ttl": 300,
+            "rotate_refresh": True,
+            "iss_param": True,  # send iss in the authorization response
+            "advertise_iss": True,
+            "advertise_par": True,
+            "require_par": False,
+            "advertise_revocation": True,
+            "advertise_end_session": True,
+            "default_user": "alice",
+            "misbehave": "",  # see _id_token
+            "authorize_error": "",  # e.g. access_denied
+            "iss_override": None,  # value of the iss authorization-response parameter
+            "token_delay": 0.0,
+            "token_status": 0,  # answer the token endpoint with this status (500, 503, ...)
+            "refresh_error": "",  # e.g. invalid_grant
+            "id_token_on_refresh": True,
+            "algs": ["RS256"],
+        }
+        self.codes: dict[str, dict[str, Any]] = {}
+        self.refresh: dict[str, dict[str, Any]] = {}
+        self.par: dict[str, dict[str, Any]] = {}
+        self.revoked: list[str] = []
+        self.end_session_calls: list[dict[str, str]] = []
+        self.stats: dict[str, int] = {"authorize": 0, "authorization_code": 0, "refresh_token": 0,
+                                      "revocation": 0, "par": 0, "userinfo": 0, "jwks": 0,
+                                      "discovery": 0}
+        self.client_auth_seen: list[str] = []
+        self.access_tokens: dict[str, dict[str, Any]] = {}
+
+    @property
+    def key(self) -> RSAKey:
+        return self.keys[0]
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [k.as_dict(private=False) for k in self.keys]}
+
+    def metadata(self) -> dict[str, Any]:
+        c = self.config
+        i = self.issuer
+        meta: dict[str, Any] = {
+            "issuer": i,
+            "authorization_endpoint": f"{i}/authorize",
+            "token_endpoint": f"{i}/token",
+            "jwks_uri": f"{i}/jwks",
+            "userinfo_endpoint": f"{i}/userinfo",
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": c["algs"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "token_endpoint_auth_methods_supported": c["auth_methods"],
+            "code_challenge_methods_supported": ["S256"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "backchannel_logout_supported": True,
+            "backchannel_logout_session_supported": True,
+        }
+        if c["advertise_iss"]:
+            meta["authorization_response_iss_parameter_supported"] = True
+        if c["advertise_par"]:
+            meta["pushed_authorization_request_endpoint"] = f"{i}/par"
+            meta["require_pushed_authorization_requests"] = c["require_par"]
+        if c["advertise_revocation"]:
+            meta["revocation_endpoint"] = f"{i}/revoke"
+        if c["advertise_end_session"]:
+            meta["end_session_endpoint"] = f"{i}/end_session"
+        return meta
+
+    # --- tokens ---------------------------------------------------------------------
+    def sign(self, claims: dict[str, Any], header: dict[str, Any] | None = None,
+             key: RSAKey | None = None) -> str:
+        k = key or self.key
+        h = {"alg": "RS256", "kid": k.kid, "typ": "JWT"}
+        h.update(header or {})
+        return jwt.encode(h, claims, k, algorithms=[h["alg"]])
+
+    def access_token(self, user: dict[str, Any], sid: str, scope: str) -> str:
+        now = int(time.time())
+        claims = {"iss": self.issuer, "sub": user["sub"], "aud": "api", "azp": self.config["client_id"],
+                  "exp": now + self.config["access_ttl"], "iat": now, "jti": secrets.token_hex(8),
+                  "scope": scope, "sid": sid, "preferred_username": user["preferred_username"]}
+        token = self.sign(claims, {"typ": "at+jwt"})
+        self.access_tokens[token] = {"user": user, "sid": sid}
+        return token
+
+    def id_token(self, user: dict[str, Any], nonce: str | None, sid: str, access_token: str,
+                 misbehave: str = "") -> str:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer, "sub": user["sub"], "aud": self.config["client_id"],
+            "exp": now + self.config["id_ttl"], "iat": now, "auth_time": now, "sid": sid,
+            "at_hash": token_hash(access_token),
+            **{k: v for k, v in user.items() if k != "sub"},
+        }
+        if nonce is not None:
+            claims["nonce"] = nonce
+        header: dict[str, Any] = {}
+        m = misbehave
+        if m == "wrong_nonce":
+            claims["nonce"] = "not-the-nonce"
+        elif m == "missing_nonce":
+            claims.pop("nonce", None)
+        elif m == "expired":
+            claims["iat"], claims["exp"] = now - 7200, now - 3600
+        elif m == "future_iat":
+            claims["iat"] = now + 3600
+            claims["exp"] = now + 7200
+        elif m == "wrong_aud":
+            claims["aud"] = "someone-else"
+        elif m == "multi_aud_no_azp":
+            claims["aud"] = [self.config["client_id"], "someone-else"]
+        elif m == "wrong_azp":
+            claims["azp"] = "someone-else"
+        elif m == "wrong_iss":
+            claims["iss"] = "https://evil.example.com"
+        elif m == "missing_sub":
+            claims.pop("sub")
+        elif m == "bad_at_hash":
+            claims["at_hash"] = token_hash("another-token")
+        elif m == "missing_exp":
+            claims.pop("exp")
+        if m == "alg_none":
+            head = b64url(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+            return f"{head}.{b64url(json.dumps(claims).encode())}."
+        if m == "hs256_public_key":
+            # The classic confusion: HMAC "signed" with the RSA public key as secret.
+            return self.hmac_with_public_key({"alg": "HS256", "kid": self.key.kid, "typ": "JWT"}, claims)
+        if m == "bad_signature":
+            token = self.sign(claims, header)
+            head, body, sig = token.split(".")
+            return f"{head}.{body}.{sig[:-6]}{'AAAAAA' if not sig.endswith('AAAAAA') else 'BBBBBB'}"
+        if m == "wrong_key":
+            return self.sign(claims, header, key=self.other_key)
+        if m == "unknown_kid":
+            rogue = RSAKey.generate_key(2048, parameters={"kid": "rogue"})
+            return self.sign(claims, {"kid": "rogue"}, key=rogue)
+        if m == "no_kid":
+            return jwt.encode({"alg": "RS256", "typ": "JWT"}, claims, self.key, algorithms=["RS256"])
+        return self.sign(claims, header)
+
+    def hmac_with_public_key(self, header: dict[str, Any], claims: dict[str, Any]) -> str:
+        # Libraries refuse to do this on purpose, so it is done by hand.
+        signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+        mac = hmac.new(self.key.as_pem(private=False), signing_input.encode(), hashlib.sha256).digest()
+        return f"{signing_input}.{b64url(mac)}"
+
+    def logout_token(self, spec: dict[str, Any]) -> str:
+        now = int(time.time())
+        user = USERS.get(spec.get("user", "alice"), USERS["alice"])
+        claims: dict[str, Any] = {"iss": self.issuer, "aud": self.config["client_id"], "iat": now,
+                                  "exp": now + 120, "jti": secrets.token_hex(12),
+                                  "events": {BACKCHANNEL_EVENT: {}}}
+        if spec.get("sub", True):
+            claims["sub"] = user["sub"]
+        if spec.get("sid"):
+            claims["sid"] = spec["sid"]
+        for k, v in (spec.get("claims") or {}).items():
+            if v is None:
+                claims.pop(k, None)
+            else:
+                claims[k] = v
+        header = {"typ": "logout+jwt", **(spec.get("header") or {})}
+        forge = spec.get("forge", "")
+        if forge == "alg_none":
+            head = b64url(json.dumps({"alg": "none", "typ": "logout+jwt"}).encode())
+            return f"{head}.{b64url(json.dumps(claims).encode())}."
+        if forge == "wrong_key":
+            return self.sign(claims, header, key=self.other_key)
+        if forge == "bad_signature":
+            token = self.sign(claims, header)
+            head, body, sig = token.split(".")
+            return f"{head}.{body}.{sig[::-1]}"
+        if forge == "hs256_public_key":
+            return self.hmac_with_public_key({"alg": "HS256", "kid": self.key.kid, "typ": "logout+jwt"}, claims)
+        return self.sign(claims, header)
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    return dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+
+
+def create_app(issuer: str) -> Starlette:
+    st = State(issuer)
+
+    def oauth_error(error: str, description: str = "", status: int = 400) -> JSONResponse:
+        return JSONResponse({"error": error, "error_description": description}, status_code=status,
+                            headers={"Cache-Control": "no-store"})
+
+    async def authenticate_client(request: Request, form: dict[str, str]) -> str | None:
+        """The client id when authentication succeeds, else None."""
+        c = st.config
+        header = request.headers.get("authorization", "")
+        if header.lower().startswith("basic "):
+            try:
+                raw = base64.b64decode(header[6:]).decode()
+            except ValueError:
+                return None
+            cid, _, secret = raw.partition(":")
+            cid, secret = unquote(cid), unquote(secret)
+            st.client_auth_seen.append("client_secret_basic")
+            ok = "client_secret_basic" in c["auth_methods"]
+            return cid if ok and cid == c["client_id"] and hmac.compare_digest(secret, c["client_secret"]) else None
+        if "client_assertion" in form:
+            st.client_auth_seen.append("private_key_jwt")
+            if form.get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
+                return None
+            if not c["client_jwk"]:
+                return None
+            key = import_key(c["client_jwk"])
+            try:
+                obj = jws.deserialize_compact(form["client_assertion"], key, algorithms=["RS256", "ES256", "PS256"])
+            except Exception:
+                return None
+            claims = json.loads(obj.payload)
+            audiences = claims.get("aud") if isinstance(claims.get("aud"), list) else [claims.get("aud")]
+            valid_aud = any(a in (st.issuer, f"{st.issuer}/token", f"{st.issuer}/par") for a in audiences)
+            if (claims.get("iss") != c["client_id"] or claims.get("sub") != c["client_id"] or not valid_aud
+                    or claims.get("exp", 0) < time.time()):
+                return None
+            return str(c["client_id"])
+        if "client_secret" in form:
+            st.client_auth_seen.append("client_secret_post")
+            ok = "client_secret_post" in c["auth_methods"]
+            if ok and form.get("client_id") == c["client_id"] and hmac.compare_digest(
+                    form["client_secret"], c["client_secret"]):
+                return str(c["client_id"])
+        return None
+
+    async def discovery(request: Request) -> Response:
+        st.stats["discovery"] += 1
+        return JSONResponse(st.metadata())
+
+    async def jwks(request: Request) -> Response:
+        st.stats["jwks"] += 1
+        return JSONResponse(st.jwks())
+
+    def check_authz_params(params: dict[str, str]) -> str | None:
+        if params.get("client_id") != st.config["client_id"]:
+            return "unknown client_id"
+        if params.get("response_type") != "code":
+            return "response_type must be code"
+        if params.get("code_challenge_method") != "S256" or not params.get("code_challenge"):
+            return "PKCE S256 is required"
+        if not params.get("redirect_uri", "").endswith("/bff/callback"):
+            return "redirect_uri not registered"
+        if "openid" not in params.get("scope", "").split():
+            return "scope must include openid"
+        return None
+
+    async def par(request: Request) -> Response:
+        st.stats["par"] += 1
+        form = await read_form(request)
+        if await authenticate_client(request, form) is None:
+            return oauth_error("invalid_client", "client authentication failed", 401)
+        problem = check_authz_params(form)
+        if problem:
+            return oauth_error("invalid_request", problem)
+        uri = f"urn:ietf:params:oauth:request_uri:{secrets.token_urlsafe(16)}"
+        st.par[uri] = {"params": {k: str(v) for k, v in form.items() if not k.startswith("client_")}
+                       | {"client_id": st.config["client_id"]}, "exp": time.time() + 60}
+        return JSONResponse({"request_uri": uri, "expires_in": 60}, status_code=201)
+
+    async def authorize(request: Request) -> Response:
+        st.stats["authorize"] += 1
+        params = dict(request.query_params)
+        if "request_uri" in params:
+            entry = st.par.pop(params["request_uri"], None)
+            if entry is None or entry["exp"] < time.time() or params.get("client_id") != st.config["client_id"]:
+                return oauth_error("invalid_request_uri", "unknown or expired request_uri")
+            params = entry["params"]
+        elif st.config["require_par"]:
+            return oauth_error("invalid_request", "PAR is required")
+        problem = check_authz_params(params)
+        if problem:
+            return oauth_error("invalid_request", problem)
+        redirect = params["redirect_uri"]
+        answer: dict[str, str] = {"state": params.get("state", "")}
+        iss = st.config["iss_override"] if st.config["iss_override"] is not None else st.issuer
+        if st.config["iss_param"]:
+            answer["iss"] = iss
+        if st.config["authorize_error"]:
+            answer["error"] = st.config["authorize_error"]
+            answer["error_description"] = "The user denied the request"
+            return RedirectResponse(f"{redirect}?{urlencode(answer)}", status_code=302)
+        user_name = request.query_params.get("login_hint") or params.get("login_hint") or st.config[
+            "default_user"]
+        user = USERS.get(user_name)
+        if user is None:
+            return oauth_error("invalid_request", "unknown user")
+        code = secrets.token_urlsafe(24)
+        st.codes[code] = {
+            "user": user, "nonce": params.get("nonce"), "challenge": params["code_challenge"],
+            "redirect_uri": redirect, "scope": params.get("scope", ""), "exp": time.time() + 60,
+            "sid": secrets.token_hex(8), "used": False,
+        }
+        answer["code"] = code
+        return RedirectResponse(f"{redirect}?{urlencode(answer)}", status_code=302)
+
+    def issue(user: dict[str, Any], nonce: str | None, sid: str, scope: str, with_id: bool) -> dict[str, Any]:
+        access = st.access_token(user, sid, scope)
+        refresh = secrets.token_urlsafe(32)
+        st.refresh[refresh] = {"user": user, "sid": sid, "scope": scope, "valid": True}
+        body: dict[str, Any] = {"access_token": access, "token_type": "Bearer",
+                                "expires_in": st.config["access_ttl"], "scope": scope}
+        body["refresh_token"] = refresh
+        if with_id:
+            misbehave = st.config["misbehave"]
+            if misbehave != "no_id_token":
+                body["id_token"] = st.id_token(user, nonce, sid, access, misbehave)
+        return body
+
+    async def token(request: Request) -> Response:
+        form = await read_form(request)
+        grant = form.get("grant_type", "")
+        if grant in st.stats:
+            st.stats[grant] += 1
+        if st.config["token_delay"]:
+            await asyncio.sleep(st.config["token_delay"])
+        if st.config["token_status"]:
+            return oauth_error("server_error", "configured failure", st.config["token_status"])
+        if await authenticate_client(request, form) is None:
+            return oauth_error("invalid_client", "client authentication failed", 401)
+        headers = {"Cache-Control": "no-store"}
+        if grant == "authorization_code":
+            entry = st.codes.get(form.get("code", ""))
+            if entry is None or entry["exp"] < time.time():
+                return oauth_error("invalid_grant", "unknown or expired code")
+            if entry["used"]:
+                # RFC 6749 §4.1.2: a reused code revokes what it issued.
+                for r in st.refresh.values():
+                    if r["sid"] == entry["sid"]:
+                        r["valid"] = False
+                return oauth_error("invalid_grant", "code already used")
+            entry["used"] = True
+            if form.get("redirect_uri") != entry["redirect_uri"]:
+                return oauth_error("invalid_grant", "redirect_uri mismatch")
+            verifier = form.get("code_verifier", "")
+            if b64url(hashlib.sha256(verifier.encode()).digest()) != entry["challenge"]:
+                return oauth_error("invalid_grant", "PKCE verification failed")
+            body = issue(entry["user"], entry["nonce"], entry["sid"], entry["scope"], True)
+            return JSONResponse(body, headers=headers)
+        if grant == "refresh_token":
+            if "scope" in form:
+                return oauth_error("invalid_scope", "this provider refuses scope on refresh")
+            if st.config["refresh_error"]:
+                return oauth_error(st.config["refresh_error"], "configured refresh failure")
+            entry = st.refresh.get(form.get("refresh_token", ""))
+            if entry is None or not entry["valid"]:
+                return oauth_error("invalid_grant", "refresh token invalid")
+            if st.config["rotate_refresh"]:
+                entry["valid"] = False
+                body = issue(entry["user"], None, entry["sid"], entry["scope"], st.config["id_token_on_refresh"])
+            else:
+                body = issue(entry["user"], None, entry["sid"], entry["scope"], st.config["id_token_on_refresh"])
+                st.refresh.pop(body["refresh_token"], None)
+                body["refresh_token"] = form["refresh_token"]
+            return JSONResponse(body, headers=headers)
+        return oauth_error("unsupported_grant_type", grant)
+
+    async def revoke(request: Request) -> Response:
+        st.stats["revocation"] += 1
+        form = await read_form(request)
+        if await authenticate_client(request, form) is None:
+            return oauth_error("invalid_client", "client authentication failed", 401)
+        tok = form.get("token", "")
+        if tok in st.refresh:
+            st.refresh[tok]["valid"] = False
+        st.revoked.append(tok)
+        return Response(status_code=200)
+
+    async def userinfo(request: Request) -> Response:
+        st.stats["userinfo"] += 1
+        auth = request.headers.get("authorization", "")
+        entry = st.access_tokens.get(auth[7:]) if auth.startswith("Bearer ") else None
+        if entry is None:
+            return Response(status_code=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        user = dict(entry["user"])
+        if st.config["misbehave"] == "userinfo_other_sub":
+            user["sub"] = "someone-else"
+        return JSONResponse(user)
+
+    async def end_session(request: Request) -> Response:
+        params = dict(request.query_params)
+        st.end_session_calls.append(params)
+        target = params.get("post_logout_redirect_uri")
+        if target:
+            return RedirectResponse(target, status_code=302)
+        return Response("signed out", media_type="text/plain")
+
+    # --- control --------------------------------------------------------------------
+    async def control_config(request: Request) -> Response:
+        update = await request.json()
+        unknown = set(update) - set(st.config)
+        if unknown:
+            return JSONResponse({"error": f"unknown config keys {sorted(unknown)}"}, status_code=400)
+        st.config.update(update)
+        return JSONResponse(st.config)
+
+    async def control_reset(request: Request) -> Response:
+        st.reset()
+        return JSONResponse({"ok": True})
+
+    async def control_stats(request: Request) -> Response:
+        return JSONResponse({"stats": st.stats, "revoked": st.revoked, "end_session": st.end_session_calls,
+                             "client_auth": st.client_auth_seen,
+                             "valid_refresh_tokens": sum(1 for r in st.refresh.values() if r["valid"])})
+
+    async def control_rotate(request: Request) -> Response:
+        body = await request.json() if await request.body() else {}
+        kid = body.get("kid") or f"k{secrets.token_hex(3)}"
+        if body.get("kty") == "EC":
+            new = ECKey.generate_key("P-256", parameters={"kid": kid, "use": "sig", "alg": "ES256"})
+        else:
+            new = RSAKey.generate_key(2048, parameters={"kid": kid, "use": "sig", "alg": "RS256"})
+        st.keys = [new] + (st.keys if body.get("keep_old", True) else [])
+        return JSONResponse({"kid": kid, "keys": [k.kid for k in st.keys]})
+
+    async def control_logout_token(request: Request) -> Response:
+        return JSONResponse({"logout_token": st.logout_token(await request.json())})
+
+    async def control_sign(request: Request) -> Response:
+        body = await request.json()
+        return JSONResponse({"token": st.sign(body["claims"], body.get("header"))})
+
+    async def control_end_idp_session(request: Request) -> Response:
+        body = await request.json()
+        sub = USERS[body["user"]]["sub"]
+        for r in st.refresh.values():
+            if r["user"]["sub"] == sub:
+                r["valid"] = False
+        return JSONResponse({"ok": True})
+
+    async def control_id_token(request: Request) -> Response:
+        body = await request.json()
+        user = USERS[body.get("user", "alice")]
+        return JSONResponse({"id_token": st.id_token(user, body.get("nonce"), body.get("sid", "s1"),
+                                                     body.get("access_token", "at"), body.get("misbehave", ""))})
+
+    async def control_keyset(request: Request) -> Response:
+        return JSONResponse({"keys": [k.as_dict(private=True) for k in st.keys]})
+
+    routes = [
+        Route("/.well-known/openid-configuration", discovery),
+        Route("/jwks", jwks),
+        Route("/authorize", authorize),
+        Route("/par", par, methods=["POST"]),
+        Route("/token", token, methods=["POST"]),
+        Route("/revoke", revoke, methods=["POST"]),
+        Route("/userinfo", userinfo, methods=["GET", "POST"]),
+        Route("/end_session", end_session),
+        Route("/_control/config", control_config, methods=["POST"]),
+        Route("/_control/reset", control_reset, methods=["POST"]),
+        Route("/_control/stats", control_stats),
+        Route("/_control/rotate-keys", control_rotate, methods=["POST"]),
+        Route("/_control/logout-token", control_logout_token, methods=["POST"]),
+        Route("/_control/sign", control_sign, methods=["POST"]),
+        Route("/_control/id-token", control_id_token, methods=["POST"]),
+        Route("/_control/end-idp-session", control_end_idp_session, methods=["POST"]),
+        Route("/_control/keys", control_keyset),
+    ]
+    app = Starlette(routes=routes)
+    app.state.provider = st
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--issuer")
+    args = parser.parse_args()
+    issuer = args.issuer or f"http://127.0.0.1:{args.port}"
+    uvicorn.run(create_app(issuer), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""A small upstream API for the tests and benchmarks, as plain ASGI under uvicorn.
+
+    /echo...            JSON: what arrived (method, raw path, query, headers, body size)
+    /stream?size=&chunk=  a download of ``size`` bytes produced chunk by chunk
+    /upload             counts and hashes a streamed request body
+    /sse?n=&gap=        server-sent events, ``gap`` seconds apart
+    /slow?delay=        answers after ``delay`` seconds
+    /status/<code>      answers with that status
+    /bench              a tiny fixed JSON answer (the benchmark baseline)
+    /set-cookie         tries to set a cookie on the BFF's origin
+
+Run: ``python -m tests.fakes.upstream --port 9500``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+from typing import Any
+from urllib.parse import parse_qs
+
+import uvicorn
+
+Scope = dict[str, Any]
+
+
+async def _read_body(receive: Any) -> tuple[int, str]:
+    size = 0
+    digest = hashlib.sha256()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        digest.update(chunk)
+        if not message.get("more_body"):
+            break
+    return size, digest.hexdigest()
+
+
+async def _send(send: Any, status: int, body: bytes, ctype: bytes = b"application/json",
+                extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())] + (extra or [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+BENCH_BODY = json.dumps({"ok": True, "items": list(range(10))}).encode()
+
+
+async def app(scope: Scope, receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path: str = scope["path"]
+    query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+    # Match on the last segments so routes work with or without a stripped prefix.
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    if name == "bench":
+        await _send(send, 200, BENCH_BODY)
+        return
+    if name == "stream":
+        size, chunk = int(query.get("size", "1048576")), int(query.get("chunk", "65536"))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream"),
+                                (b"content-length", str(size).encode())]})
+        block = b"x" * chunk
+        sent = 0
+        while sent < size:
+            part = block[: min(chunk, size - sent)]
+            sent += len(part)
+            await send({"type": "http.response.body", "body": part, "more_body": sent < size})
+        return
+    if name == "upload":
+        size, digest = await _read_body(receive)
+        await _send(send, 200, json.dumps({"size": size, "sha256": digest}).encode())
+        return
+    if name == "sse":
+        n, gap = int(query.get("n", "3")), float(query.get("gap", "0.5"))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        for i in range(n):
+            await send({"type": "http.response.body", "body": f"data: event {i}\n\n".encode(), "more_body": True})
+            await asyncio.sleep(gap)
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if name == "slow":
+        await asyncio.sleep(float(query.get("delay", "5")))
+        await _send(send, 200, b'{"slow":true}')
+        return
+    if path.rsplit("/", 2)[-2:-1] == ["status"]:
+        await _send(send, int(name), json.dumps({"status": int(name)}).encode())
+        return
+    if name == "set-cookie":
+        await _send(send, 200, b"{}", extra=[(b"set-cookie", b"bff_session=evil; Path=/")])
+        return
+    size, digest = await _read_body(receive)
+    headers: dict[str, list[str]] = {}
+    for k, v in scope["headers"]:
+        headers.setdefault(k.decode("latin-1"), []).append(v.decode("latin-1"))
+    echo = {
+        "method": scope["method"],
+        "path": path,
+        "raw_path": (scope.get("raw_path") or path.encode()).decode("latin-1"),
+        "query": scope.get("query_string", b"").decode("latin-1"),
+        "headers": headers,
+        "body_size": size,
+        "body_sha256": digest,
+    }
+    await _send(send, 200, json.dumps(echo).encode())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    uvicorn.run("tests.fakes.upstream:app", host="127.0.0.1", port=args.port, log_level="warning",
+                workers=args.workers, access_log=False, http="httptools", loop="uvloop")
+
+
+if __name__ == "__main__":
+    main()
