@@ -53,12 +53,14 @@ class Proc:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> None:
-        out: Any = subprocess.DEVNULL
         if self.log is not None:
             self.log.parent.mkdir(parents=True, exist_ok=True)
-            out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+            with open(self.log, "ab") as out:
+                self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=ROOT, stdout=out,
+                                             stderr=subprocess.STDOUT, start_new_session=True)
+        else:
+            self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         wait_port(self.port, timeout, self.proc)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
@@ -118,6 +120,11 @@ class ProviderProc(Proc):
 
     def rotate_keys(self, **spec: Any) -> dict[str, Any]:
         return dict(self.http.post("/_control/rotate-keys", json=spec).json())
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        super().stop(sig, timeout)
+        self.http.close()
+        self.http = httpx.Client(base_url=self.issuer, timeout=30)
 
     def end_idp_session(self, user: str) -> None:
         self.http.post("/_control/end-idp-session", json={"user": user}).raise_for_status()

@@ -4,7 +4,7 @@ Keys (every command touches one key, so Cluster needs no hash tags):
 
     bff:s:<session id>      "<absolute expiry:10><last seen:10>" + encrypted record;
                             EXPIREAT = min(last seen + idle, absolute expiry)
-    bff:u:<hash(sub)>       ZSET session id -> absolute expiry (per-user index)
+    bff:u:<hash(sub)>       ZSET session id -> absolute expiry, sub-second (per-user index)
     bff:d:<hash(IdP sid)>   ZSET session id -> absolute expiry (back-channel logout by sid)
     bff:t:<state>           encrypted login transaction, EX login timeout
     bff:tn:<binding>        ZSET state -> expiry: a browser's pending logins
@@ -175,7 +175,10 @@ class RedisStore(SessionStore):
 
     async def _index_add(self, key: str, session: Session) -> None:
         pipe = self.r.pipeline(transaction=False)
-        pipe.zadd(key, {session.id: session.expires_at})
+        # Score: the absolute expiry with sub-second precision, so the index sorts by age
+        # (oldest first) even for sessions created within the same second.
+        score = self.clock() + (session.expires_at - session.created_at)
+        pipe.zadd(key, {session.id: score})
         pipe.expireat(key, session.expires_at, nx=True)
         pipe.expireat(key, session.expires_at, gt=True)
         await pipe.execute()
@@ -203,7 +206,7 @@ class RedisStore(SessionStore):
                 live.append(s)
         if dead:
             await self.r.zrem(key, *dead)
-        return sorted(live, key=lambda s: (s.created_at, s.expires_at))
+        return live  # in index order: oldest first
 
     # --- sessions -------------------------------------------------------------------
     async def create(self, session: Session, max_per_user: int = 0) -> list[Session]:

@@ -60,3 +60,92 @@ async def test_a_misbehaving_id_token_is_refused_and_no_session_is_created(bff, 
     assert r.json()["error"] != "internal_error"
     assert "bff_session" not in browser.cookies
     assert redis_server.cli("KEYS", "bff:s:*").split() == []
+
+
+async def test_access_denied_at_the_idp_gives_a_clear_page_and_no_session(bff, idp):
+    _, browser = bff
+    idp.configure(authorize_error="access_denied")
+    r = await browser.start_login()
+    r = await browser.authorize(r.headers["location"])
+    r = await browser.get(r.headers["location"], headers={"accept": "text/html"})
+    assert r.status_code == 400
+    assert "text/html" in r.headers["content-type"]
+    assert "cancelled the sign-in or access was denied" in r.text
+    assert "bff_session" not in browser.cookies
+
+
+async def test_iss_parameter_is_optional_when_the_idp_does_not_advertise_it(make_bff, idp):
+    idp.configure(iss_param=False, advertise_iss=False)
+    _, browser = await make_bff()
+    r = await browser.login()
+    assert r.status_code == 302
+
+
+@pytest.mark.parametrize("methods", [["client_secret_basic"], ["client_secret_post"]])
+async def test_client_authentication_follows_what_the_idp_advertises(make_bff, idp, methods):
+    idp.configure(auth_methods=methods)
+    _, browser = await make_bff()
+    r = await browser.login()
+    assert r.status_code == 302
+    assert idp.stats()["client_auth"] == methods
+
+
+async def test_private_key_jwt_client_authentication(make_bff, idp):
+    from joserfc.jwk import RSAKey
+
+    key = RSAKey.generate_key(2048, parameters={"kid": "bff-key"})
+    idp.configure(client_jwk=key.as_dict(private=False))
+    _, browser = await make_bff(BFF_CLIENT_AUTH_METHOD="private_key_jwt",
+                                BFF_CLIENT_PRIVATE_KEY=key.as_pem(private=True).decode())
+    r = await browser.login()
+    assert r.status_code == 302
+    assert idp.stats()["client_auth"] == ["private_key_jwt"]
+
+
+async def test_pushed_authorization_request_when_enabled(make_bff, idp):
+    _, browser = await make_bff(BFF_USE_PAR="true")
+    r = await browser.start_login()
+    params = query_of(r.headers["location"])
+    assert set(params) == {"client_id", "request_uri"}
+    r = await browser.authorize(r.headers["location"])
+    r = await browser.get(r.headers["location"])
+    assert r.status_code == 302
+    assert idp.stats()["stats"]["par"] == 1
+
+
+async def test_userinfo_is_merged_and_must_name_the_same_subject(make_bff, idp):
+    _, browser = await make_bff(BFF_FETCH_USERINFO="true")
+    assert (await browser.login()).status_code == 302
+    assert (await browser.get("/bff/user", csrf=True)).json()["claims"]["preferred_username"] == "alice"
+    idp.configure(misbehave="userinfo_other_sub")
+    _, other = await make_bff(BFF_FETCH_USERINFO="true")
+    r = await other.login()
+    assert r.status_code == 400
+    assert r.json()["error"] == "userinfo_sub"
+
+
+async def test_rotated_signing_keys_are_fetched_on_an_unknown_kid(bff, idp):
+    app, browser = bff
+    idp.rotate_keys(kid="k-new", keep_old=False)
+    r = await browser.login()
+    assert r.status_code == 302, r.text
+
+
+async def test_every_login_gets_a_new_session_id_and_ends_the_previous_one(bff, redis_server):
+    _, browser = bff
+    await browser.login(user="bob")
+    first = browser.cookies["bff_session"]
+    await browser.login(user="alice")
+    second = browser.cookies["bff_session"]
+    assert first != second
+    assert len(redis_server.cli("KEYS", "bff:s:*").split()) == 1
+    assert (await browser.get("/bff/user", csrf=True)).json()["sub"] == "user-alice-0001"
+
+
+async def test_too_many_pending_logins_in_one_browser_are_refused(make_bff):
+    _, browser = await make_bff(BFF_MAX_PENDING_LOGINS="2")
+    assert (await browser.start_login()).status_code == 302
+    assert (await browser.start_login()).status_code == 302
+    r = await browser.start_login()
+    assert r.status_code == 429
+    assert r.json()["error"] == "too_many_pending_logins"
