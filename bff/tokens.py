@@ -82,7 +82,8 @@ class TokenManager:
             current = await self.store.load(session.id, touch=False)
             if current is None:
                 raise NotAuthenticated("The session has ended.")
-            if self.is_fresh(current):
+            if current.access_token != session.access_token or self.is_fresh(current):
+                # Someone else refreshed while we waited for the lock: use their result.
                 self.metrics.refreshes.labels("shared").inc()
                 return current
             renew = asyncio.create_task(self._renew(lock))

@@ -76,8 +76,8 @@ async def make_bff(idp: ProviderProc, redis_url: str, upstream: UpstreamProc) ->
     clients: list[httpx.AsyncClient] = []
 
     async def factory(store: str = "redis", **overrides: str) -> tuple[BFFApp, Browser]:
-        env = bff_env(idp, redis_url if store == "redis" else None, PUBLIC_URL,
-                      BFF_API_ROUTES=f"/api={upstream.url}", **overrides)
+        settings = {"BFF_API_ROUTES": f"/api={upstream.url}", **overrides}
+        env = bff_env(idp, redis_url if store == "redis" else None, PUBLIC_URL, **settings)
         app = create_app(load_settings(env))
         await app.startup()
         await app.services.provider.metadata()

@@ -192,6 +192,7 @@ class Browser:
         return {"cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())} if self.cookies else {}
 
     def _store(self, response: httpx.Response) -> None:
+        self.bff.cookies.clear()  # cookies live in this object only, never in a shared client jar
         self.last_set_cookies = response.headers.get_list("set-cookie")
         for header in self.last_set_cookies:
             jar: SimpleCookie = SimpleCookie()
@@ -253,3 +254,33 @@ def env_vars(**values: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def raw_http(port: int, request: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes exactly as given (no client-side normalisation) and read one response."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            if sep:
+                headers = {}
+                for line in head.split(b"\r\n")[1:]:
+                    k, _, v = line.decode("latin-1").partition(":")
+                    headers[k.strip().lower()] = v.strip()
+                length = headers.get("content-length")
+                if length is not None and len(body) >= int(length):
+                    break
+    status_line, _, _ = data.partition(b"\r\n")
+    parts = status_line.split(b" ")
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    head, _, body = data.partition(b"\r\n\r\n")
+    headers = {}
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.decode("latin-1").partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, body

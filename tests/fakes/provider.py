@@ -67,6 +67,7 @@ class State:
             "client_jwk": None,  # public JWK for private_key_jwt
             "auth_methods": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
             "access_ttl": 300,
+            "refresh_access_ttl": None,  # lifetime of access tokens from a refresh (default: access_ttl)
             "id_ttl": 300,
             "rotate_refresh": True,
             "iss_param": True,  # send iss in the authorization response
@@ -141,10 +142,10 @@ class State:
         h.update(header or {})
         return jwt.encode(h, claims, k, algorithms=[h["alg"]])
 
-    def access_token(self, user: dict[str, Any], sid: str, scope: str) -> str:
+    def access_token(self, user: dict[str, Any], sid: str, scope: str, ttl: int) -> str:
         now = int(time.time())
         claims = {"iss": self.issuer, "sub": user["sub"], "aud": "api", "azp": self.config["client_id"],
-                  "exp": now + self.config["access_ttl"], "iat": now, "jti": secrets.token_hex(8),
+                  "exp": now + ttl, "iat": now, "jti": secrets.token_hex(8),
                   "scope": scope, "sid": sid, "preferred_username": user["preferred_username"]}
         token = self.sign(claims, {"typ": "at+jwt"})
         self.access_tokens[token] = {"user": user, "sid": sid}
@@ -363,13 +364,16 @@ def create_app(issuer: str) -> Starlette:
         answer["code"] = code
         return RedirectResponse(f"{redirect}?{urlencode(answer)}", status_code=302)
 
-    def issue(user: dict[str, Any], nonce: str | None, sid: str, scope: str, with_id: bool) -> dict[str, Any]:
-        access = st.access_token(user, sid, scope)
-        refresh = secrets.token_urlsafe(32)
-        st.refresh[refresh] = {"user": user, "sid": sid, "scope": scope, "valid": True}
-        body: dict[str, Any] = {"access_token": access, "token_type": "Bearer",
-                                "expires_in": st.config["access_ttl"], "scope": scope}
-        body["refresh_token"] = refresh
+    def issue(user: dict[str, Any], nonce: str | None, sid: str, scope: str, with_id: bool,
+              refresh: bool = False) -> dict[str, Any]:
+        ttl = st.config["access_ttl"]
+        if refresh and st.config["refresh_access_ttl"] is not None:
+            ttl = st.config["refresh_access_ttl"]
+        access = st.access_token(user, sid, scope, ttl)
+        new_refresh = secrets.token_urlsafe(32)
+        st.refresh[new_refresh] = {"user": user, "sid": sid, "scope": scope, "valid": True}
+        body: dict[str, Any] = {"access_token": access, "token_type": "Bearer", "expires_in": ttl, "scope": scope}
+        body["refresh_token"] = new_refresh
         if with_id:
             misbehave = st.config["misbehave"]
             if misbehave != "no_id_token":
@@ -416,9 +420,11 @@ def create_app(issuer: str) -> Starlette:
                 return oauth_error("invalid_grant", "refresh token invalid")
             if st.config["rotate_refresh"]:
                 entry["valid"] = False
-                body = issue(entry["user"], None, entry["sid"], entry["scope"], st.config["id_token_on_refresh"])
+                body = issue(entry["user"], None, entry["sid"], entry["scope"], st.config["id_token_on_refresh"],
+                             refresh=True)
             else:
-                body = issue(entry["user"], None, entry["sid"], entry["scope"], st.config["id_token_on_refresh"])
+                body = issue(entry["user"], None, entry["sid"], entry["scope"], st.config["id_token_on_refresh"],
+                             refresh=True)
                 st.refresh.pop(body["refresh_token"], None)
                 body["refresh_token"] = form["refresh_token"]
             return JSONResponse(body, headers=headers)
