@@ -82,6 +82,7 @@ SETTINGS_DOC: dict[str, str] = {
     "BFF_LOG_FORMAT": "log format",
     "BFF_LOG_LEVEL": "log level",
     "BFF_METRICS_ENABLED": "serve /metrics",
+    "BFF_ENV_FILE": "the .env file read at start-up",
 }
 
 

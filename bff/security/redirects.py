@@ -7,13 +7,17 @@ from urllib.parse import unquote, urlsplit
 _MAX_LENGTH = 2048
 
 
-def _looks_local(path: str) -> bool:
+def _looks_local(path: str, raw: bool) -> bool:
     if not path.startswith("/") or path.startswith(("//", "/\\")):
         return False
-    if any(ord(c) < 0x21 or c in "\\\x7f" for c in path):
-        return False  # whitespace, controls or backslashes: browsers "fix" these in surprising ways
+    if any(ord(c) < (0x21 if raw else 0x20) or (raw and ord(c) > 0x7E) or c in "\\\x7f" for c in path):
+        return False  # whitespace, controls, non-ASCII, backslashes: browsers "fix" these in odd ways
     parts = urlsplit(path)
-    return not parts.scheme and not parts.netloc
+    if parts.scheme or parts.netloc:
+        return False
+    # Dot segments and empty segments could normalise into "//host" in a browser or router.
+    segments = parts.path.split("/")[1:]
+    return "//" not in parts.path and not any(seg in (".", "..") for seg in segments)
 
 
 def safe_return_to(value: str | None, default: str = "/") -> str:
@@ -25,8 +29,8 @@ def safe_return_to(value: str | None, default: str = "/") -> str:
     if not value or len(value) > _MAX_LENGTH:
         return default
     layer = value
-    for _ in range(4):
-        if not _looks_local(layer):
+    for depth in range(4):
+        if not _looks_local(layer, raw=depth == 0):
             return default
         decoded = unquote(layer)
         if decoded == layer:

@@ -84,9 +84,10 @@ def test_header_injection_does_not_reach_the_upstream(bff_process, logged_in, he
 
 def _rss_kib(proc: BffProc, field: str = "VmRSS") -> int:
     assert proc.proc is not None
-    for line in open(f"/proc/{proc.proc.pid}/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
+    with open(f"/proc/{proc.proc.pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
     raise AssertionError(field)
 
 
