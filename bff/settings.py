@@ -320,9 +320,7 @@ def parse_api_routes(value: str, problems: list[str]) -> tuple[ApiRoute, ...]:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             problems.append(f"{name} timeout for {prefix} must be a positive number of seconds")
             continue
-        routes.append(
-            ApiRoute(prefix, upstream.rstrip("/"), token, strip, float(timeout))
-        )
+        routes.append(ApiRoute(prefix, upstream.rstrip("/"), token, strip, float(timeout)))
     prefixes = [r.prefix for r in routes]
     if len(set(prefixes)) != len(prefixes):
         problems.append(f"{name} has the same prefix twice")

@@ -44,8 +44,9 @@ def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | 
 class Proc:
     """A child process that listens on a port; stop() and start() again on the same port."""
 
-    def __init__(self, cmd: list[str], port: int, env: Mapping[str, str] | None = None,
-                 log: Path | None = None) -> None:
+    def __init__(
+        self, cmd: list[str], port: int, env: Mapping[str, str] | None = None, log: Path | None = None
+    ) -> None:
         self.cmd = cmd
         self.port = port
         self.env = {**os.environ, **(env or {})}
@@ -56,11 +57,23 @@ class Proc:
         if self.log is not None:
             self.log.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log, "ab") as out:
-                self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=ROOT, stdout=out,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+                self.proc = subprocess.Popen(
+                    self.cmd,
+                    env=self.env,
+                    cwd=ROOT,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
         else:
-            self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.cmd,
+                env=self.env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_port(self.port, timeout, self.proc)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
@@ -82,16 +95,30 @@ class RedisServer(Proc):
     def __init__(self, port: int | None = None, extra: list[str] | None = None) -> None:
         port = port or free_port()
         binary = shutil.which("redis-server") or "redis-server"
-        super().__init__([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no", *(extra or [])], port)
+        super().__init__(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                *(extra or []),
+            ],
+            port,
+        )
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def cli(self, *args: str) -> str:
-        result = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True,
-                                check=True, timeout=30)
+        result = subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, check=True, timeout=30
+        )
         return result.stdout
 
 
@@ -133,8 +160,10 @@ class ProviderProc(Proc):
 class UpstreamProc(Proc):
     def __init__(self, workers: int = 1) -> None:
         port = free_port()
-        super().__init__([sys.executable, "-m", "tests.fakes.upstream", "--port", str(port),
-                          "--workers", str(workers)], port)
+        super().__init__(
+            [sys.executable, "-m", "tests.fakes.upstream", "--port", str(port), "--workers", str(workers)],
+            port,
+        )
         self.url = f"http://127.0.0.1:{port}"
 
 
@@ -179,8 +208,13 @@ class BffProc(Proc):
 class Browser:
     """Keeps cookies like a browser (per name, Path=/), follows redirects across BFF and IdP."""
 
-    def __init__(self, bff: httpx.AsyncClient, public_url: str, user_agent: str = "Mozilla/5.0 (X11; Linux "
-                 "x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36") -> None:
+    def __init__(
+        self,
+        bff: httpx.AsyncClient,
+        public_url: str,
+        user_agent: str = "Mozilla/5.0 (X11; Linux "
+        "x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36",
+    ) -> None:
         self.bff = bff
         self.public_url = public_url
         self.cookies: dict[str, str] = {}
@@ -203,8 +237,9 @@ class Browser:
                 else:
                     self.cookies[name] = morsel.value
 
-    async def request(self, method: str, path: str, *, csrf: bool = False, headers: dict[str, str] | None = None,
-                      **kw: Any) -> httpx.Response:
+    async def request(
+        self, method: str, path: str, *, csrf: bool = False, headers: dict[str, str] | None = None, **kw: Any
+    ) -> httpx.Response:
         h = {"user-agent": self.user_agent, **self._cookie_header(), **(headers or {})}
         if csrf:
             h["x-csrf"] = "1"

@@ -16,9 +16,9 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import httpx
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
 
@@ -60,8 +60,13 @@ def _load_signing_key(text: str) -> tuple[Key, str]:
         key: Key = import_key(json.loads(text))
     else:
         loaded = serialization.load_pem_private_key(text.encode(), password=None)
-        kty = "RSA" if isinstance(loaded, rsa.RSAPrivateKey) else "EC" if isinstance(
-            loaded, ec.EllipticCurvePrivateKey) else "OKP"
+        kty = (
+            "RSA"
+            if isinstance(loaded, rsa.RSAPrivateKey)
+            else "EC"
+            if isinstance(loaded, ec.EllipticCurvePrivateKey)
+            else "OKP"
+        )
         key = import_key(text, kty)  # type: ignore[call-overload]
     if not key.is_private:
         raise ValueError("BFF_CLIENT_PRIVATE_KEY holds a public key; a private key is needed")

@@ -42,8 +42,13 @@ _TOUCH = """
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
 local now = tonumber(ARGV[1])
-local exp = math.min(now + tonumber(ARGV[2]), tonumber(string.sub(v, 1, 10)))
-if exp <= now then redis.call('DEL', KEYS[1]) return false end
+local idle = tonumber(ARGV[2])
+local absolute = tonumber(string.sub(v, 1, 10))
+if math.min(tonumber(string.sub(v, 11, 20)) + idle, absolute) <= now then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+local exp = math.min(now + idle, absolute)
 redis.call('EXPIREAT', KEYS[1], exp)
 redis.call('SETRANGE', KEYS[1], 10, ARGV[3])
 return v
@@ -200,7 +205,7 @@ class RedisStore(SessionStore):
         dead: list[str] = []
         for sid, raw in zip(ids, raws, strict=True):
             s = self._decode(sid, raw) if raw else None
-            if s is None:
+            if s is None or s.idle_expires_at(self.idle_timeout) <= now:
                 dead.append(sid)
             else:
                 live.append(s)
@@ -240,7 +245,9 @@ class RedisStore(SessionStore):
         if not raw:
             return None
         session = self._decode(session_id, raw)
-        if session is not None and touch:
+        if session is None or session.idle_expires_at(self.idle_timeout) <= now:
+            return None
+        if touch:
             session.last_seen = now
         return session
 

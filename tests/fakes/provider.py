@@ -38,10 +38,20 @@ from starlette.routing import Route
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 
 USERS: dict[str, dict[str, Any]] = {
-    "alice": {"sub": "user-alice-0001", "name": "Alice Example", "email": "alice@example.com",
-              "email_verified": True, "preferred_username": "alice"},
-    "bob": {"sub": "user-bob-0002", "name": "Bob Example", "email": "bob@example.com",
-            "email_verified": True, "preferred_username": "bob"},
+    "alice": {
+        "sub": "user-alice-0001",
+        "name": "Alice Example",
+        "email": "alice@example.com",
+        "email_verified": True,
+        "preferred_username": "alice",
+    },
+    "bob": {
+        "sub": "user-bob-0002",
+        "name": "Bob Example",
+        "email": "bob@example.com",
+        "email_verified": True,
+        "preferred_username": "bob",
+    },
 }
 
 
@@ -91,9 +101,16 @@ class State:
         self.par: dict[str, dict[str, Any]] = {}
         self.revoked: list[str] = []
         self.end_session_calls: list[dict[str, str]] = []
-        self.stats: dict[str, int] = {"authorize": 0, "authorization_code": 0, "refresh_token": 0,
-                                      "revocation": 0, "par": 0, "userinfo": 0, "jwks": 0,
-                                      "discovery": 0}
+        self.stats: dict[str, int] = {
+            "authorize": 0,
+            "authorization_code": 0,
+            "refresh_token": 0,
+            "revocation": 0,
+            "par": 0,
+            "userinfo": 0,
+            "jwks": 0,
+            "discovery": 0,
+        }
         self.client_auth_seen: list[str] = []
         self.access_tokens: dict[str, dict[str, Any]] = {}
 
@@ -135,8 +152,9 @@ class State:
         return meta
 
     # --- tokens ---------------------------------------------------------------------
-    def sign(self, claims: dict[str, Any], header: dict[str, Any] | None = None,
-             key: RSAKey | None = None) -> str:
+    def sign(
+        self, claims: dict[str, Any], header: dict[str, Any] | None = None, key: RSAKey | None = None
+    ) -> str:
         k = key or self.key
         h = {"alg": "RS256", "kid": k.kid, "typ": "JWT"}
         h.update(header or {})
@@ -144,19 +162,34 @@ class State:
 
     def access_token(self, user: dict[str, Any], sid: str, scope: str, ttl: int) -> str:
         now = int(time.time())
-        claims = {"iss": self.issuer, "sub": user["sub"], "aud": "api", "azp": self.config["client_id"],
-                  "exp": now + ttl, "iat": now, "jti": secrets.token_hex(8),
-                  "scope": scope, "sid": sid, "preferred_username": user["preferred_username"]}
+        claims = {
+            "iss": self.issuer,
+            "sub": user["sub"],
+            "aud": "api",
+            "azp": self.config["client_id"],
+            "exp": now + ttl,
+            "iat": now,
+            "jti": secrets.token_hex(8),
+            "scope": scope,
+            "sid": sid,
+            "preferred_username": user["preferred_username"],
+        }
         token = self.sign(claims, {"typ": "at+jwt"})
         self.access_tokens[token] = {"user": user, "sid": sid}
         return token
 
-    def id_token(self, user: dict[str, Any], nonce: str | None, sid: str, access_token: str,
-                 misbehave: str = "") -> str:
+    def id_token(
+        self, user: dict[str, Any], nonce: str | None, sid: str, access_token: str, misbehave: str = ""
+    ) -> str:
         now = int(time.time())
         claims: dict[str, Any] = {
-            "iss": self.issuer, "sub": user["sub"], "aud": self.config["client_id"],
-            "exp": now + self.config["id_ttl"], "iat": now, "auth_time": now, "sid": sid,
+            "iss": self.issuer,
+            "sub": user["sub"],
+            "aud": self.config["client_id"],
+            "exp": now + self.config["id_ttl"],
+            "iat": now,
+            "auth_time": now,
+            "sid": sid,
             "at_hash": token_hash(access_token),
             **{k: v for k, v in user.items() if k != "sub"},
         }
@@ -215,9 +248,14 @@ class State:
     def logout_token(self, spec: dict[str, Any]) -> str:
         now = int(time.time())
         user = USERS.get(spec.get("user", "alice"), USERS["alice"])
-        claims: dict[str, Any] = {"iss": self.issuer, "aud": self.config["client_id"], "iat": now,
-                                  "exp": now + 120, "jti": secrets.token_hex(12),
-                                  "events": {BACKCHANNEL_EVENT: {}}}
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": self.config["client_id"],
+            "iat": now,
+            "exp": now + 120,
+            "jti": secrets.token_hex(12),
+            "events": {BACKCHANNEL_EVENT: {}},
+        }
         if spec.get("sub", True):
             claims["sub"] = user["sub"]
         if spec.get("sid"):
@@ -239,7 +277,9 @@ class State:
             head, body, sig = token.split(".")
             return f"{head}.{body}.{sig[::-1]}"
         if forge == "hs256_public_key":
-            return self.hmac_with_public_key({"alg": "HS256", "kid": self.key.kid, "typ": "logout+jwt"}, claims)
+            return self.hmac_with_public_key(
+                {"alg": "HS256", "kid": self.key.kid, "typ": "logout+jwt"}, claims
+            )
         return self.sign(claims, header)
 
 
@@ -251,8 +291,11 @@ def create_app(issuer: str) -> Starlette:
     st = State(issuer)
 
     def oauth_error(error: str, description: str = "", status: int = 400) -> JSONResponse:
-        return JSONResponse({"error": error, "error_description": description}, status_code=status,
-                            headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            {"error": error, "error_description": description},
+            status_code=status,
+            headers={"Cache-Control": "no-store"},
+        )
 
     async def authenticate_client(request: Request, form: dict[str, str]) -> str | None:
         """The client id when authentication succeeds, else None."""
@@ -267,7 +310,11 @@ def create_app(issuer: str) -> Starlette:
             cid, secret = unquote(cid), unquote(secret)
             st.client_auth_seen.append("client_secret_basic")
             ok = "client_secret_basic" in c["auth_methods"]
-            return cid if ok and cid == c["client_id"] and hmac.compare_digest(secret, c["client_secret"]) else None
+            return (
+                cid
+                if ok and cid == c["client_id"] and hmac.compare_digest(secret, c["client_secret"])
+                else None
+            )
         if "client_assertion" in form:
             st.client_auth_seen.append("private_key_jwt")
             if form.get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
@@ -276,21 +323,30 @@ def create_app(issuer: str) -> Starlette:
                 return None
             key = import_key(c["client_jwk"])
             try:
-                obj = jws.deserialize_compact(form["client_assertion"], key, algorithms=["RS256", "ES256", "PS256"])
+                obj = jws.deserialize_compact(
+                    form["client_assertion"], key, algorithms=["RS256", "ES256", "PS256"]
+                )
             except Exception:
                 return None
             claims = json.loads(obj.payload)
             audiences = claims.get("aud") if isinstance(claims.get("aud"), list) else [claims.get("aud")]
             valid_aud = any(a in (st.issuer, f"{st.issuer}/token", f"{st.issuer}/par") for a in audiences)
-            if (claims.get("iss") != c["client_id"] or claims.get("sub") != c["client_id"] or not valid_aud
-                    or claims.get("exp", 0) < time.time()):
+            if (
+                claims.get("iss") != c["client_id"]
+                or claims.get("sub") != c["client_id"]
+                or not valid_aud
+                or claims.get("exp", 0) < time.time()
+            ):
                 return None
             return str(c["client_id"])
         if "client_secret" in form:
             st.client_auth_seen.append("client_secret_post")
             ok = "client_secret_post" in c["auth_methods"]
-            if ok and form.get("client_id") == c["client_id"] and hmac.compare_digest(
-                    form["client_secret"], c["client_secret"]):
+            if (
+                ok
+                and form.get("client_id") == c["client_id"]
+                and hmac.compare_digest(form["client_secret"], c["client_secret"])
+            ):
                 return str(c["client_id"])
         return None
 
@@ -324,8 +380,11 @@ def create_app(issuer: str) -> Starlette:
         if problem:
             return oauth_error("invalid_request", problem)
         uri = f"urn:ietf:params:oauth:request_uri:{secrets.token_urlsafe(16)}"
-        st.par[uri] = {"params": {k: str(v) for k, v in form.items() if not k.startswith("client_")}
-                       | {"client_id": st.config["client_id"]}, "exp": time.time() + 60}
+        st.par[uri] = {
+            "params": {k: str(v) for k, v in form.items() if not k.startswith("client_")}
+            | {"client_id": st.config["client_id"]},
+            "exp": time.time() + 60,
+        }
         return JSONResponse({"request_uri": uri, "expires_in": 60}, status_code=201)
 
     async def authorize(request: Request) -> Response:
@@ -333,7 +392,11 @@ def create_app(issuer: str) -> Starlette:
         params = dict(request.query_params)
         if "request_uri" in params:
             entry = st.par.pop(params["request_uri"], None)
-            if entry is None or entry["exp"] < time.time() or params.get("client_id") != st.config["client_id"]:
+            if (
+                entry is None
+                or entry["exp"] < time.time()
+                or params.get("client_id") != st.config["client_id"]
+            ):
                 return oauth_error("invalid_request_uri", "unknown or expired request_uri")
             params = entry["params"]
         elif st.config["require_par"]:
@@ -350,29 +413,41 @@ def create_app(issuer: str) -> Starlette:
             answer["error"] = st.config["authorize_error"]
             answer["error_description"] = "The user denied the request"
             return RedirectResponse(f"{redirect}?{urlencode(answer)}", status_code=302)
-        user_name = request.query_params.get("login_hint") or params.get("login_hint") or st.config[
-            "default_user"]
+        user_name = (
+            request.query_params.get("login_hint") or params.get("login_hint") or st.config["default_user"]
+        )
         user = USERS.get(user_name)
         if user is None:
             return oauth_error("invalid_request", "unknown user")
         code = secrets.token_urlsafe(24)
         st.codes[code] = {
-            "user": user, "nonce": params.get("nonce"), "challenge": params["code_challenge"],
-            "redirect_uri": redirect, "scope": params.get("scope", ""), "exp": time.time() + 60,
-            "sid": secrets.token_hex(8), "used": False,
+            "user": user,
+            "nonce": params.get("nonce"),
+            "challenge": params["code_challenge"],
+            "redirect_uri": redirect,
+            "scope": params.get("scope", ""),
+            "exp": time.time() + 60,
+            "sid": secrets.token_hex(8),
+            "used": False,
         }
         answer["code"] = code
         return RedirectResponse(f"{redirect}?{urlencode(answer)}", status_code=302)
 
-    def issue(user: dict[str, Any], nonce: str | None, sid: str, scope: str, with_id: bool,
-              refresh: bool = False) -> dict[str, Any]:
+    def issue(
+        user: dict[str, Any], nonce: str | None, sid: str, scope: str, with_id: bool, refresh: bool = False
+    ) -> dict[str, Any]:
         ttl = st.config["access_ttl"]
         if refresh and st.config["refresh_access_ttl"] is not None:
             ttl = st.config["refresh_access_ttl"]
         access = st.access_token(user, sid, scope, ttl)
         new_refresh = secrets.token_urlsafe(32)
         st.refresh[new_refresh] = {"user": user, "sid": sid, "scope": scope, "valid": True}
-        body: dict[str, Any] = {"access_token": access, "token_type": "Bearer", "expires_in": ttl, "scope": scope}
+        body: dict[str, Any] = {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": ttl,
+            "scope": scope,
+        }
         body["refresh_token"] = new_refresh
         if with_id:
             misbehave = st.config["misbehave"]
@@ -420,11 +495,23 @@ def create_app(issuer: str) -> Starlette:
                 return oauth_error("invalid_grant", "refresh token invalid")
             if st.config["rotate_refresh"]:
                 entry["valid"] = False
-                body = issue(entry["user"], None, entry["sid"], entry["scope"], st.config["id_token_on_refresh"],
-                             refresh=True)
+                body = issue(
+                    entry["user"],
+                    None,
+                    entry["sid"],
+                    entry["scope"],
+                    st.config["id_token_on_refresh"],
+                    refresh=True,
+                )
             else:
-                body = issue(entry["user"], None, entry["sid"], entry["scope"], st.config["id_token_on_refresh"],
-                             refresh=True)
+                body = issue(
+                    entry["user"],
+                    None,
+                    entry["sid"],
+                    entry["scope"],
+                    st.config["id_token_on_refresh"],
+                    refresh=True,
+                )
                 st.refresh.pop(body["refresh_token"], None)
                 body["refresh_token"] = form["refresh_token"]
             return JSONResponse(body, headers=headers)
@@ -474,9 +561,15 @@ def create_app(issuer: str) -> Starlette:
         return JSONResponse({"ok": True})
 
     async def control_stats(request: Request) -> Response:
-        return JSONResponse({"stats": st.stats, "revoked": st.revoked, "end_session": st.end_session_calls,
-                             "client_auth": st.client_auth_seen,
-                             "valid_refresh_tokens": sum(1 for r in st.refresh.values() if r["valid"])})
+        return JSONResponse(
+            {
+                "stats": st.stats,
+                "revoked": st.revoked,
+                "end_session": st.end_session_calls,
+                "client_auth": st.client_auth_seen,
+                "valid_refresh_tokens": sum(1 for r in st.refresh.values() if r["valid"]),
+            }
+        )
 
     async def control_rotate(request: Request) -> Response:
         body = await request.json() if await request.body() else {}
@@ -506,8 +599,17 @@ def create_app(issuer: str) -> Starlette:
     async def control_id_token(request: Request) -> Response:
         body = await request.json()
         user = USERS[body.get("user", "alice")]
-        return JSONResponse({"id_token": st.id_token(user, body.get("nonce"), body.get("sid", "s1"),
-                                                     body.get("access_token", "at"), body.get("misbehave", ""))})
+        return JSONResponse(
+            {
+                "id_token": st.id_token(
+                    user,
+                    body.get("nonce"),
+                    body.get("sid", "s1"),
+                    body.get("access_token", "at"),
+                    body.get("misbehave", ""),
+                )
+            }
+        )
 
     async def control_keyset(request: Request) -> Response:
         return JSONResponse({"keys": [k.as_dict(private=True) for k in st.keys]})

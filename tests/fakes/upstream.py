@@ -41,8 +41,13 @@ async def _read_body(receive: Any) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-async def _send(send: Any, status: int, body: bytes, ctype: bytes = b"application/json",
-                extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _send(
+    send: Any,
+    status: int,
+    body: bytes,
+    ctype: bytes = b"application/json",
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())] + (extra or [])
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -69,9 +74,16 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         return
     if name == "stream":
         size, chunk = int(query.get("size", "1048576")), int(query.get("chunk", "65536"))
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/octet-stream"),
-                                (b"content-length", str(size).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/octet-stream"),
+                    (b"content-length", str(size).encode()),
+                ],
+            }
+        )
         block = b"x" * chunk
         sent = 0
         while sent < size:
@@ -85,10 +97,17 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         return
     if name == "sse":
         n, gap = int(query.get("n", "3")), float(query.get("gap", "0.5"))
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+            }
+        )
         for i in range(n):
-            await send({"type": "http.response.body", "body": f"data: event {i}\n\n".encode(), "more_body": True})
+            await send(
+                {"type": "http.response.body", "body": f"data: event {i}\n\n".encode(), "more_body": True}
+            )
             await asyncio.sleep(gap)
         await send({"type": "http.response.body", "body": b""})
         return
@@ -123,8 +142,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    uvicorn.run("tests.fakes.upstream:app", host="127.0.0.1", port=args.port, log_level="warning",
-                workers=args.workers, access_log=False, http="httptools", loop="uvloop")
+    uvicorn.run(
+        "tests.fakes.upstream:app",
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        workers=args.workers,
+        access_log=False,
+        http="httptools",
+        loop="uvloop",
+    )
 
 
 if __name__ == "__main__":

@@ -47,11 +47,28 @@ async def test_user_is_401_json_without_a_session(bff):
     assert r.json()["error"] == "not_authenticated"
 
 
-@pytest.mark.parametrize("misbehave", [
-    "wrong_nonce", "missing_nonce", "bad_signature", "wrong_key", "unknown_kid", "expired", "future_iat",
-    "wrong_aud", "multi_aud_no_azp", "wrong_azp", "wrong_iss", "alg_none", "hs256_public_key", "missing_sub",
-    "bad_at_hash", "missing_exp", "no_id_token",
-])
+@pytest.mark.parametrize(
+    "misbehave",
+    [
+        "wrong_nonce",
+        "missing_nonce",
+        "bad_signature",
+        "wrong_key",
+        "unknown_kid",
+        "expired",
+        "future_iat",
+        "wrong_aud",
+        "multi_aud_no_azp",
+        "wrong_azp",
+        "wrong_iss",
+        "alg_none",
+        "hs256_public_key",
+        "missing_sub",
+        "bad_at_hash",
+        "missing_exp",
+        "no_id_token",
+    ],
+)
 async def test_a_misbehaving_id_token_is_refused_and_no_session_is_created(bff, idp, redis_server, misbehave):
     _, browser = bff
     idp.configure(misbehave=misbehave)
@@ -95,8 +112,9 @@ async def test_private_key_jwt_client_authentication(make_bff, idp):
 
     key = RSAKey.generate_key(2048, parameters={"kid": "bff-key"})
     idp.configure(client_jwk=key.as_dict(private=False))
-    _, browser = await make_bff(BFF_CLIENT_AUTH_METHOD="private_key_jwt",
-                                BFF_CLIENT_PRIVATE_KEY=key.as_pem(private=True).decode())
+    _, browser = await make_bff(
+        BFF_CLIENT_AUTH_METHOD="private_key_jwt", BFF_CLIENT_PRIVATE_KEY=key.as_pem(private=True).decode()
+    )
     r = await browser.login()
     assert r.status_code == 302
     assert idp.stats()["client_auth"] == ["private_key_jwt"]

@@ -12,7 +12,8 @@ async def _sid(browser) -> str:
 
 
 async def test_logout_ends_the_session_revokes_the_refresh_token_and_redirects_to_end_session(
-        bff, idp, redis_server):
+    bff, idp, redis_server
+):
     _, browser = bff
     await browser.login()
     assert idp.stats()["valid_refresh_tokens"] == 1
@@ -147,21 +148,30 @@ async def test_a_replayed_logout_token_is_refused(make_bff, idp):
     assert (await alice.get("/bff/user", csrf=True)).status_code == 200
 
 
-@pytest.mark.parametrize("body,ctype", [
-    ("", "application/x-www-form-urlencoded"),
-    ('{"logout_token": "x"}', "application/json"),
-    ("logout_token=a&logout_token=b", "application/x-www-form-urlencoded"),
-])
+@pytest.mark.parametrize(
+    "body,ctype",
+    [
+        ("", "application/x-www-form-urlencoded"),
+        ('{"logout_token": "x"}', "application/json"),
+        ("logout_token=a&logout_token=b", "application/x-www-form-urlencoded"),
+    ],
+)
 async def test_backchannel_logout_without_a_single_form_token_is_400(bff, body, ctype):
     _, browser = bff
-    r = await browser.request("POST", "/bff/backchannel-logout", content=body, headers={"content-type": ctype})
+    r = await browser.request(
+        "POST", "/bff/backchannel-logout", content=body, headers={"content-type": ctype}
+    )
     assert r.status_code == 400
 
 
 async def test_sessions_list_end_one_and_end_all(make_bff):
     app, laptop = await make_bff()
-    phone = await make_bff.new_browser(app, ip="10.1.2.3", user_agent="Mozilla/5.0 (Linux; Android 14) "
-                                       "AppleWebKit/537.36 (KHTML, like Gecko) Chrome/150.0 Mobile Safari/537.36")
+    phone = await make_bff.new_browser(
+        app,
+        ip="10.1.2.3",
+        user_agent="Mozilla/5.0 (Linux; Android 14) "
+        "AppleWebKit/537.36 (KHTML, like Gecko) Chrome/150.0 Mobile Safari/537.36",
+    )
     bob = await make_bff.new_browser(app)
     await laptop.login("alice")
     await phone.login("alice")
@@ -193,8 +203,9 @@ async def test_sessions_list_end_one_and_end_all(make_bff):
     assert (await bob.get("/bff/user", csrf=True)).status_code == 200
 
 
-@pytest.mark.parametrize("method,path", [("GET", "/bff/sessions"), ("DELETE", "/bff/sessions"),
-                                         ("DELETE", "/bff/sessions/x")])
+@pytest.mark.parametrize(
+    "method,path", [("GET", "/bff/sessions"), ("DELETE", "/bff/sessions"), ("DELETE", "/bff/sessions/x")]
+)
 async def test_session_endpoints_need_the_csrf_header(bff, method, path):
     _, browser = bff
     await browser.login()

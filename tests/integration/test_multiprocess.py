@@ -16,8 +16,15 @@ def two_bffs(idp, redis_url, upstream, tmp_path):
     public = f"http://127.0.0.1:{port_a}"
     procs = []
     for i, port in enumerate((port_a, free_port())):
-        env = bff_env(idp, redis_url, public, BFF_API_ROUTES=f"/api={upstream.url}", BFF_PORT=str(port),
-                      BFF_TOKEN_REFRESH_SKEW="60", BFF_MAX_SESSIONS_PER_USER="3")
+        env = bff_env(
+            idp,
+            redis_url,
+            public,
+            BFF_API_ROUTES=f"/api={upstream.url}",
+            BFF_PORT=str(port),
+            BFF_TOKEN_REFRESH_SKEW="60",
+            BFF_MAX_SESSIONS_PER_USER="3",
+        )
         proc = BffProc(env, log=tmp_path / f"bff-{i}.log")
         proc.start()
         procs.append(proc)

@@ -102,10 +102,12 @@ async def test_a_rotated_refresh_token_is_stored_with_the_new_access_token(make_
 async def test_a_route_without_strip_keeps_the_prefix_and_one_with_strip_drops_it(make_bff, upstream):
     import json as _json
 
-    routes = _json.dumps([
-        {"prefix": "/api", "upstream": upstream.url},
-        {"prefix": "/v2", "upstream": upstream.url + "/base", "strip_prefix": True, "token": "none"},
-    ])
+    routes = _json.dumps(
+        [
+            {"prefix": "/api", "upstream": upstream.url},
+            {"prefix": "/v2", "upstream": upstream.url + "/base", "strip_prefix": True, "token": "none"},
+        ]
+    )
     _, browser = await make_bff(BFF_API_ROUTES=routes)
     r = await browser.get("/v2/items/7?q=1", csrf=True)
     assert r.status_code == 200
@@ -130,18 +132,34 @@ async def test_spoofed_forwarding_headers_in_any_spelling_are_replaced(bff):
     _, browser = bff
     await browser.login()
     spoof = {
-        "x-forwarded-for": "6.6.6.6", "x-forwarded-host": "evil.example.com", "x-forwarded-proto": "gopher",
-        "x_forwarded_for": "6.6.6.6", "X_Forwarded_Host": "evil.example.com", "forwarded": "for=6.6.6.6",
-        "x-real-ip": "6.6.6.6", "connection": "x-keep, close", "x-keep": "hop-by-hop", "proxy-authorization": "x",
-        "x-forwarded-prefix": "/admin", "te": "trailers",
+        "x-forwarded-for": "6.6.6.6",
+        "x-forwarded-host": "evil.example.com",
+        "x-forwarded-proto": "gopher",
+        "x_forwarded_for": "6.6.6.6",
+        "X_Forwarded_Host": "evil.example.com",
+        "forwarded": "for=6.6.6.6",
+        "x-real-ip": "6.6.6.6",
+        "connection": "x-keep, close",
+        "x-keep": "hop-by-hop",
+        "proxy-authorization": "x",
+        "x-forwarded-prefix": "/admin",
+        "te": "trailers",
     }
     r = await browser.get("/api/echo", csrf=True, headers=spoof)
     seen = r.json()["headers"]
     assert seen["x-forwarded-for"] == ["127.0.0.1"]
     assert seen["x-forwarded-host"] == ["localhost:8080"]
     assert seen["x-forwarded-proto"] == ["http"]
-    for name in ("x_forwarded_for", "x_forwarded_host", "forwarded", "x-real-ip", "x-keep",
-                 "proxy-authorization", "x-forwarded-prefix", "te"):
+    for name in (
+        "x_forwarded_for",
+        "x_forwarded_host",
+        "forwarded",
+        "x-real-ip",
+        "x-keep",
+        "proxy-authorization",
+        "x-forwarded-prefix",
+        "te",
+    ):
         assert name not in seen, name
     assert "6.6.6.6" not in r.text and "evil.example.com" not in r.text
 
@@ -161,8 +179,9 @@ async def test_upstream_statuses_and_bodies_pass_through(bff):
     await browser.login()
     r = await browser.get("/api/status/418", csrf=True)
     assert r.status_code == 418 and r.json() == {"status": 418}
-    r = await browser.request("POST", "/api/echo", csrf=True, content=b"a" * 1000,
-                              headers={"content-type": "text/plain"})
+    r = await browser.request(
+        "POST", "/api/echo", csrf=True, content=b"a" * 1000, headers={"content-type": "text/plain"}
+    )
     assert r.json()["body_size"] == 1000 and r.json()["method"] == "POST"
     assert r.json()["headers"]["content-type"] == ["text/plain"]
 
@@ -180,12 +199,17 @@ async def test_unreachable_upstream_is_502_json(make_bff):
 async def test_slow_upstream_is_504_json_and_other_routes_still_answer(make_bff, upstream):
     import json as _json
 
-    routes = _json.dumps([{"prefix": "/api", "upstream": upstream.url, "timeout": 0.5},
-                          {"prefix": "/fast", "upstream": upstream.url}])
+    routes = _json.dumps(
+        [
+            {"prefix": "/api", "upstream": upstream.url, "timeout": 0.5},
+            {"prefix": "/fast", "upstream": upstream.url},
+        ]
+    )
     _, browser = await make_bff(BFF_API_ROUTES=routes)
     await browser.login()
-    slow, fast = await asyncio.gather(browser.get("/api/slow?delay=3", csrf=True),
-                                      browser.get("/fast/echo", csrf=True))
+    slow, fast = await asyncio.gather(
+        browser.get("/api/slow?delay=3", csrf=True), browser.get("/fast/echo", csrf=True)
+    )
     assert slow.status_code == 504
     assert slow.json()["error"] == "upstream_timeout"
     assert fast.status_code == 200

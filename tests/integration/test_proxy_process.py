@@ -36,18 +36,36 @@ async def logged_in(bff_process):
 
 
 PATHS = [
-    "/api/../admin", "/api/%2e%2e/admin", "/api/%2E%2E/admin", "/api/.%2e/admin", "/api/%2e./admin",
-    "/api/x%2f..%2fadmin", "/api/x%2F..%2Fadmin", "/api\\..\\admin", "/api/x\\..\\admin", "/api/x%5c..%5cadmin",
-    "/api//evil.example.com/x", "/api/./x", "/api/..;/admin", "/api/x/%252e%252e/admin", "/api/x%00y",
-    "/api/x/..", "/api/x/.", "/api/%2e", "http://evil.example.com/api/x", "//evil.example.com/api/x",
+    "/api/../admin",
+    "/api/%2e%2e/admin",
+    "/api/%2E%2E/admin",
+    "/api/.%2e/admin",
+    "/api/%2e./admin",
+    "/api/x%2f..%2fadmin",
+    "/api/x%2F..%2Fadmin",
+    "/api\\..\\admin",
+    "/api/x\\..\\admin",
+    "/api/x%5c..%5cadmin",
+    "/api//evil.example.com/x",
+    "/api/./x",
+    "/api/..;/admin",
+    "/api/x/%252e%252e/admin",
+    "/api/x%00y",
+    "/api/x/..",
+    "/api/x/.",
+    "/api/%2e",
+    "http://evil.example.com/api/x",
+    "//evil.example.com/api/x",
 ]
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_path_tricks_never_reach_the_upstream_outside_the_route(bff_process, logged_in, path):
     cookie = "; ".join(f"{k}={v}" for k, v in logged_in.cookies.items())
-    request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CSRF: 1\r\nCookie: {cookie}\r\n"
-               "Connection: close\r\n\r\n").encode()
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CSRF: 1\r\nCookie: {cookie}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
     status, _, body = raw_http(bff_process.port, request)
     if status == 200 and path.startswith(("http://", "//")):
         # The absolute form names a host, but the request still goes to the route's own upstream.
@@ -61,16 +79,24 @@ def test_path_tricks_never_reach_the_upstream_outside_the_route(bff_process, log
     assert status in (400, 404), (path, status, body[:200])
 
 
-@pytest.mark.parametrize("header", [
-    b"X-Inject: a\r\nAuthorization: Bearer evil",  # a second, browser-sent Authorization
-    b"X-Inject: a\rAuthorization: Bearer evil",
-    b"X-Inject: a\nAuthorization: Bearer evil",
-    b"Host: evil.example.com",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"X-Inject: a\r\nAuthorization: Bearer evil",  # a second, browser-sent Authorization
+        b"X-Inject: a\rAuthorization: Bearer evil",
+        b"X-Inject: a\nAuthorization: Bearer evil",
+        b"Host: evil.example.com",
+    ],
+)
 def test_header_injection_does_not_reach_the_upstream(bff_process, logged_in, header):
     cookie = "; ".join(f"{k}={v}" for k, v in logged_in.cookies.items())
-    request = (b"GET /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CSRF: 1\r\nCookie: " + cookie.encode()
-               + b"\r\n" + header + b"\r\nConnection: close\r\n\r\n")
+    request = (
+        b"GET /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CSRF: 1\r\nCookie: "
+        + cookie.encode()
+        + b"\r\n"
+        + header
+        + b"\r\nConnection: close\r\n\r\n"
+    )
     if header.startswith(b"Host"):
         request = request.replace(b"Host: 127.0.0.1\r\n", b"")
     status, _, body = raw_http(bff_process.port, request)
@@ -97,8 +123,11 @@ async def test_large_download_streams_through_without_growing_memory(bff_process
     baseline = _rss_kib(bff_process)
     digest = hashlib.sha256()
     received = 0
-    async with logged_in.bff.stream("GET", f"{logged_in.public_url}/api/stream?size={size}",
-                                    headers={"x-csrf": "1", **logged_in._cookie_header()}) as r:
+    async with logged_in.bff.stream(
+        "GET",
+        f"{logged_in.public_url}/api/stream?size={size}",
+        headers={"x-csrf": "1", **logged_in._cookie_header()},
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-length"] == str(size)
         async for chunk in r.aiter_bytes():
@@ -118,8 +147,11 @@ async def test_large_upload_streams_through_without_growing_memory(bff_process, 
         for _ in range(size // len(block)):
             yield block
 
-    r = await logged_in.bff.post(f"{logged_in.public_url}/api/upload", content=body(),
-                                 headers={"x-csrf": "1", **logged_in._cookie_header()})
+    r = await logged_in.bff.post(
+        f"{logged_in.public_url}/api/upload",
+        content=body(),
+        headers={"x-csrf": "1", **logged_in._cookie_header()},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["size"] == size
     assert r.json()["sha256"] == hashlib.sha256(block * (size // len(block))).hexdigest()
@@ -129,8 +161,11 @@ async def test_large_upload_streams_through_without_growing_memory(bff_process, 
 async def test_server_sent_events_arrive_as_they_are_sent(logged_in):
     arrivals = []
     started = time.monotonic()
-    async with logged_in.bff.stream("GET", f"{logged_in.public_url}/api/sse?n=3&gap=0.7",
-                                    headers={"x-csrf": "1", **logged_in._cookie_header()}) as r:
+    async with logged_in.bff.stream(
+        "GET",
+        f"{logged_in.public_url}/api/sse?n=3&gap=0.7",
+        headers={"x-csrf": "1", **logged_in._cookie_header()},
+    ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         async for line in r.aiter_lines():
             if line.startswith("data:"):

@@ -22,8 +22,22 @@ def test_every_setting_is_in_the_configuration_reference():
 
 
 def test_spec_settings_keep_their_names():
-    spec_names = {"BFF_ISSUER", "BFF_DISCOVERY_URL", "BFF_CLIENT_ID", "BFF_CLIENT_SECRET", "BFF_PUBLIC_URL",
-                  "BFF_SECRET_KEY", "BFF_REDIS_URL", "BFF_SESSION_STORE", "BFF_SCOPES", "BFF_API_ROUTES",
-                  "BFF_STATIC_DIR", "BFF_SESSION_IDLE_TIMEOUT", "BFF_SESSION_ABSOLUTE_TIMEOUT",
-                  "BFF_POST_LOGOUT_REDIRECT_URI", "BFF_HOST", "BFF_PORT"}
+    spec_names = {
+        "BFF_ISSUER",
+        "BFF_DISCOVERY_URL",
+        "BFF_CLIENT_ID",
+        "BFF_CLIENT_SECRET",
+        "BFF_PUBLIC_URL",
+        "BFF_SECRET_KEY",
+        "BFF_REDIS_URL",
+        "BFF_SESSION_STORE",
+        "BFF_SCOPES",
+        "BFF_API_ROUTES",
+        "BFF_STATIC_DIR",
+        "BFF_SESSION_IDLE_TIMEOUT",
+        "BFF_SESSION_ABSOLUTE_TIMEOUT",
+        "BFF_POST_LOGOUT_REDIRECT_URI",
+        "BFF_HOST",
+        "BFF_PORT",
+    }
     assert spec_names <= set(SETTINGS_DOC)

@@ -14,8 +14,16 @@ NEW = "new-key-new-key-new-key-new-key-new-key"
 
 
 def settings(public_url="https://app.example.com", **extra):
-    return load_settings({"BFF_ISSUER": "https://idp.example.com", "BFF_CLIENT_ID": "c", "BFF_CLIENT_SECRET": "s",
-                          "BFF_PUBLIC_URL": public_url, "BFF_SECRET_KEY": SECRET, **extra})
+    return load_settings(
+        {
+            "BFF_ISSUER": "https://idp.example.com",
+            "BFF_CLIENT_ID": "c",
+            "BFF_CLIENT_SECRET": "s",
+            "BFF_PUBLIC_URL": public_url,
+            "BFF_SECRET_KEY": SECRET,
+            **extra,
+        }
+    )
 
 
 def test_a_value_signed_with_a_retired_key_is_rejected_and_a_rotated_one_accepted():
@@ -34,8 +42,8 @@ def test_any_tampered_cookie_is_rejected(value, position, replacement):
     i = position % len(signed)
     if signed[i] == replacement:
         return
-    tampered = signed[:i] + replacement + signed[i + 1:]
-    assert codec.decode(tampered) is None or codec.decode(tampered) == value and tampered == signed
+    tampered = signed[:i] + replacement + signed[i + 1 :]
+    assert codec.decode(tampered) is None or (codec.decode(tampered) == value and tampered == signed)
 
 
 @given(st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=60))

@@ -47,39 +47,48 @@ def test_all_missing_required_settings_are_reported_together():
         assert name in text
 
 
-@pytest.mark.parametrize("env,needle", [
-    ({"BFF_ISSUER": "http://idp.example.com"}, "BFF_ISSUER must use https://"),
-    ({"BFF_PUBLIC_URL": "http://app.example.com"}, "BFF_PUBLIC_URL must use https://"),
-    ({"BFF_PUBLIC_URL": "https://app.example.com/path"}, "BFF_PUBLIC_URL must be an origin"),
-    ({"BFF_ISSUER": "idp.example.com"}, "BFF_ISSUER must be an absolute http(s) URL"),
-    ({"BFF_SECRET_KEY": "short"}, "at least 32 characters"),
-    ({"BFF_SECRET_KEY": SECRET + ",short"}, "at least 32 characters"),
-    ({"BFF_PORT": "eighty"}, "BFF_PORT must be a whole number"),
-    ({"BFF_PORT": "70000"}, "BFF_PORT must be between 1 and 65535"),
-    ({"BFF_SESSION_STORE": "postgres"}, "BFF_SESSION_STORE must be one of redis, memory"),
-    ({"BFF_REDIS_URL": "http://x"}, "BFF_REDIS_URL must start with"),
-    ({"BFF_SCOPES": "profile email"}, "must include openid"),
-    ({"BFF_COOKIE_SAMESITE": "none"}, "BFF_COOKIE_SAMESITE must be one of lax, strict"),
-    ({"BFF_API_ROUTES": "/api"}, "must look like /prefix=http://upstream"),
-    ({"BFF_API_ROUTES": "/bff=http://x"}, "collides with the BFF's own"),
-    ({"BFF_API_ROUTES": "/api=ftp://x"}, "must be an http(s) URL"),
-    ({"BFF_API_ROUTES": '[{"prefix": "/api", "upstream": "http://x", "token": "admin"}]'}, "token for /api"),
-    ({"BFF_API_ROUTES": '[{"prefix": "/api", "upstream": "http://x", "timeout": 0}]'}, "timeout for /api"),
-    ({"BFF_API_ROUTES": '[{"prefix": "/api", "upstream": "http://x", "colour": 1}]'}, "unknown option"),
-    ({"BFF_API_ROUTES": "[{"}, "not valid JSON"),
-    ({"BFF_API_ROUTES": "/api=http://a,/api=http://b"}, "same prefix twice"),
-    ({"BFF_API_ROUTES": "/api/../x=http://a"}, "'..' segment"),
-    ({"BFF_ID_TOKEN_ALGS": "RS256,HS256"}, "only asymmetric"),
-    ({"BFF_ID_TOKEN_ALGS": "none"}, "only asymmetric"),
-    ({"BFF_ENCRYPTION_KEYS": "not-base64!"}, "BFF_ENCRYPTION_KEYS"),
-    ({"BFF_ENCRYPTION_KEYS": "c2hvcnQ"}, "32 bytes"),
-    ({"BFF_STATIC_DIR": "/nonexistent"}, "must be a folder holding index.html"),
-    ({"BFF_CLIENT_AUTH_METHOD": "private_key_jwt"}, "BFF_CLIENT_PRIVATE_KEY is required"),
-    ({"BFF_COOKIE_NAME": "__Host-x"}, None),
-    ({"BFF_TRUSTED_PROXIES": "not-an-ip"}, "BFF_TRUSTED_PROXIES"),
-    ({"BFF_EXTRA_AUTH_PARAMS": "state=x"}, "may not set state"),
-    ({"BFF_INSECURE_ALLOW_HTTP": "perhaps"}, "must be true or false"),
-])
+@pytest.mark.parametrize(
+    "env,needle",
+    [
+        ({"BFF_ISSUER": "http://idp.example.com"}, "BFF_ISSUER must use https://"),
+        ({"BFF_PUBLIC_URL": "http://app.example.com"}, "BFF_PUBLIC_URL must use https://"),
+        ({"BFF_PUBLIC_URL": "https://app.example.com/path"}, "BFF_PUBLIC_URL must be an origin"),
+        ({"BFF_ISSUER": "idp.example.com"}, "BFF_ISSUER must be an absolute http(s) URL"),
+        ({"BFF_SECRET_KEY": "short"}, "at least 32 characters"),
+        ({"BFF_SECRET_KEY": SECRET + ",short"}, "at least 32 characters"),
+        ({"BFF_PORT": "eighty"}, "BFF_PORT must be a whole number"),
+        ({"BFF_PORT": "70000"}, "BFF_PORT must be between 1 and 65535"),
+        ({"BFF_SESSION_STORE": "postgres"}, "BFF_SESSION_STORE must be one of redis, memory"),
+        ({"BFF_REDIS_URL": "http://x"}, "BFF_REDIS_URL must start with"),
+        ({"BFF_SCOPES": "profile email"}, "must include openid"),
+        ({"BFF_COOKIE_SAMESITE": "none"}, "BFF_COOKIE_SAMESITE must be one of lax, strict"),
+        ({"BFF_API_ROUTES": "/api"}, "must look like /prefix=http://upstream"),
+        ({"BFF_API_ROUTES": "/bff=http://x"}, "collides with the BFF's own"),
+        ({"BFF_API_ROUTES": "/api=ftp://x"}, "must be an http(s) URL"),
+        (
+            {"BFF_API_ROUTES": '[{"prefix": "/api", "upstream": "http://x", "token": "admin"}]'},
+            "token for /api",
+        ),
+        (
+            {"BFF_API_ROUTES": '[{"prefix": "/api", "upstream": "http://x", "timeout": 0}]'},
+            "timeout for /api",
+        ),
+        ({"BFF_API_ROUTES": '[{"prefix": "/api", "upstream": "http://x", "colour": 1}]'}, "unknown option"),
+        ({"BFF_API_ROUTES": "[{"}, "not valid JSON"),
+        ({"BFF_API_ROUTES": "/api=http://a,/api=http://b"}, "same prefix twice"),
+        ({"BFF_API_ROUTES": "/api/../x=http://a"}, "'..' segment"),
+        ({"BFF_ID_TOKEN_ALGS": "RS256,HS256"}, "only asymmetric"),
+        ({"BFF_ID_TOKEN_ALGS": "none"}, "only asymmetric"),
+        ({"BFF_ENCRYPTION_KEYS": "not-base64!"}, "BFF_ENCRYPTION_KEYS"),
+        ({"BFF_ENCRYPTION_KEYS": "c2hvcnQ"}, "32 bytes"),
+        ({"BFF_STATIC_DIR": "/nonexistent"}, "must be a folder holding index.html"),
+        ({"BFF_CLIENT_AUTH_METHOD": "private_key_jwt"}, "BFF_CLIENT_PRIVATE_KEY is required"),
+        ({"BFF_COOKIE_NAME": "__Host-x"}, None),
+        ({"BFF_TRUSTED_PROXIES": "not-an-ip"}, "BFF_TRUSTED_PROXIES"),
+        ({"BFF_EXTRA_AUTH_PARAMS": "state=x"}, "may not set state"),
+        ({"BFF_INSECURE_ALLOW_HTTP": "perhaps"}, "must be true or false"),
+    ],
+)
 def test_an_invalid_value_is_one_clear_line_naming_the_variable(env, needle):
     if needle is None:  # valid on https
         load_settings({**GOOD, **env})
@@ -91,7 +100,9 @@ def test_an_invalid_value_is_one_clear_line_naming_the_variable(env, needle):
 
 
 def test_http_is_allowed_for_loopback_and_when_explicitly_allowed():
-    s = load_settings({**GOOD, "BFF_ISSUER": "http://127.0.0.1:9/x", "BFF_PUBLIC_URL": "http://localhost:8080"})
+    s = load_settings(
+        {**GOOD, "BFF_ISSUER": "http://127.0.0.1:9/x", "BFF_PUBLIC_URL": "http://localhost:8080"}
+    )
     assert s.cookie_name == "bff_session" and not s.secure_cookies
     s = load_settings({**GOOD, "BFF_ISSUER": "http://idp.internal", "BFF_INSECURE_ALLOW_HTTP": "true"})
     assert s.issuer == "http://idp.internal"
@@ -99,11 +110,18 @@ def test_http_is_allowed_for_loopback_and_when_explicitly_allowed():
 
 def test_routes_short_and_json_forms():
     s = load_settings({**GOOD, "BFF_API_ROUTES": "/api=http://a:1, /api/admin=https://b/base/"})
-    assert [(r.prefix, r.upstream) for r in s.api_routes] == [("/api/admin", "https://b/base"),
-                                                              ("/api", "http://a:1")]
+    assert [(r.prefix, r.upstream) for r in s.api_routes] == [
+        ("/api/admin", "https://b/base"),
+        ("/api", "http://a:1"),
+    ]
     assert s.api_routes[1].token == "user" and not s.api_routes[1].strip_prefix
-    s = load_settings({**GOOD, "BFF_API_ROUTES": '[{"prefix": "/x/", "upstream": "http://a", "token": "none",'
-                                                 ' "strip_prefix": true, "timeout": 2.5}]'})
+    s = load_settings(
+        {
+            **GOOD,
+            "BFF_API_ROUTES": '[{"prefix": "/x/", "upstream": "http://a", "token": "none",'
+            ' "strip_prefix": true, "timeout": 2.5}]',
+        }
+    )
     r = s.api_routes[0]
     assert (r.prefix, r.token, r.strip_prefix, r.timeout) == ("/x", "none", True, 2.5)
 
@@ -117,12 +135,19 @@ def test_repr_masks_secrets():
 
 
 def test_python_m_bff_without_issuer_prints_one_line_and_exits_non_zero(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **{k: v for k, v in GOOD.items() if k != "BFF_ISSUER"}}
-    result = subprocess.run([sys.executable, "-m", "bff"], env=env, cwd=tmp_path, capture_output=True,
-                            text=True, timeout=30)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        **{k: v for k, v in GOOD.items() if k != "BFF_ISSUER"},
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "bff"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines == ["bff: configuration error: BFF_ISSUER is required (the OIDC issuer URL, "
-                     "e.g. https://idp.example.com/realms/x)"]
+    assert lines == [
+        "bff: configuration error: BFF_ISSUER is required (the OIDC issuer URL, "
+        "e.g. https://idp.example.com/realms/x)"
+    ]
     assert "super-secret-value" not in result.stderr + result.stdout
     _ = ROOT
