@@ -24,7 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from .error_handlers import handle_bff_error, handle_unexpected, json_error
+from .error_handlers import handle_bff_error, handle_http_exception, handle_unexpected, json_error
 from .errors import BFFError, NotFound
 from .metrics import Metrics
 from .middleware import Edge
@@ -184,7 +184,11 @@ def create_app(
 
     router = Starlette(
         routes=routes,
-        exception_handlers={BFFError: handle_bff_error, Exception: handle_unexpected},
+        exception_handlers={
+            BFFError: handle_bff_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
         lifespan=lifespan,
     )
     router.state.services = services

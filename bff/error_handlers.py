@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import logging
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
@@ -52,6 +53,20 @@ async def handle_bff_error(request: Request, exc: Exception) -> Response:
     if exc.status >= 500:
         log.warning("request failed", extra={"code": exc.code, "error": exc.message})
     return page_error(exc) if wants_html(request) else json_error(exc)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (unknown path, wrong method) in the same JSON shape."""
+    assert isinstance(exc, HTTPException)
+    error = BFFError(str(exc.detail), code=_HTTP_CODES.get(exc.status_code, "http_error"))
+    error.status = exc.status_code
+    response = json_error(error)
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

@@ -153,6 +153,11 @@ class ProviderProc(Proc):
         self.http.close()
         self.http = httpx.Client(base_url=self.issuer, timeout=30)
 
+    def issued(self) -> list[str]:
+        """Every code and token the provider issued."""
+        t = self.http.get("/_control/tokens").json()
+        return [*t["codes"], *t["refresh_tokens"], *t["access_tokens"], *t["id_tokens"]]
+
     def end_idp_session(self, user: str) -> None:
         self.http.post("/_control/end-idp-session", json={"user": user}).raise_for_status()
 

@@ -113,6 +113,7 @@ class State:
         }
         self.client_auth_seen: list[str] = []
         self.access_tokens: dict[str, dict[str, Any]] = {}
+        self.id_tokens_issued: list[str] = []
 
     @property
     def key(self) -> RSAKey:
@@ -453,6 +454,7 @@ def create_app(issuer: str) -> Starlette:
             misbehave = st.config["misbehave"]
             if misbehave != "no_id_token":
                 body["id_token"] = st.id_token(user, nonce, sid, access, misbehave)
+                st.id_tokens_issued.append(body["id_token"])
         return body
 
     async def token(request: Request) -> Response:
@@ -611,6 +613,17 @@ def create_app(issuer: str) -> Starlette:
             }
         )
 
+    async def control_tokens(request: Request) -> Response:
+        """Every secret this provider handed out, so tests can look for leaks."""
+        return JSONResponse(
+            {
+                "codes": list(st.codes),
+                "refresh_tokens": list(st.refresh),
+                "access_tokens": list(st.access_tokens),
+                "id_tokens": st.id_tokens_issued,
+            }
+        )
+
     async def control_keyset(request: Request) -> Response:
         return JSONResponse({"keys": [k.as_dict(private=True) for k in st.keys]})
 
@@ -632,6 +645,7 @@ def create_app(issuer: str) -> Starlette:
         Route("/_control/id-token", control_id_token, methods=["POST"]),
         Route("/_control/end-idp-session", control_end_idp_session, methods=["POST"]),
         Route("/_control/keys", control_keyset),
+        Route("/_control/tokens", control_tokens),
     ]
     app = Starlette(routes=routes)
     app.state.provider = st
