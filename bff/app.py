@@ -118,6 +118,7 @@ def create_app(
 ) -> BFFApp:
     metrics = Metrics()
     store = store or build_store(settings, clock)
+    store.on_error = metrics.store_errors.inc
     idp_latency = metrics.idp_latency
 
     async def on_request(request: httpx.Request) -> None:

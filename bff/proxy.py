@@ -73,6 +73,7 @@ _REQUEST_DROP = _HOP_BY_HOP | frozenset(
         "x-original-host",
         "expect",
         "content-length",
+        "x-request-id",
     }
 )
 _RESPONSE_DROP = _HOP_BY_HOP | frozenset({"set-cookie", "set-cookie2", "content-length"})

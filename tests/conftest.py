@@ -75,13 +75,14 @@ async def make_bff(idp: ProviderProc, redis_url: str, upstream: UpstreamProc) ->
     browsers: list[Browser] = []
     clients: list[httpx.AsyncClient] = []
 
-    async def factory(store: str = "redis", **overrides: str) -> tuple[BFFApp, Browser]:
+    async def factory(store: str = "redis", wait: bool = True, **overrides: str) -> tuple[BFFApp, Browser]:
         settings = {"BFF_API_ROUTES": f"/api={upstream.url}", **overrides}
         env = bff_env(idp, redis_url if store == "redis" else None, PUBLIC_URL, **settings)
         app = create_app(load_settings(env))
         await app.startup()
-        await app.services.provider.metadata()
-        await app.services.provider.keys()
+        if wait:
+            await app.services.provider.metadata()
+            await app.services.provider.keys()
         apps.append(app)
         browser = await new_browser(app)
         return app, browser

@@ -32,4 +32,8 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     svc = services(request)
+    try:
+        svc.metrics.sessions.set(await svc.store.count_sessions())
+    except StoreUnavailable:
+        pass  # the store-error counter says why; the rest of the metrics are still useful
     return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -10,6 +10,7 @@ Keys (every command touches one key, so Cluster needs no hash tags):
     bff:tn:<binding>        ZSET state -> expiry: a browser's pending logins
     bff:j:<hash(jti)>       seen logout-token ids
     bff:l:<name>            locks
+    bff:all                 ZSET session id -> absolute expiry: the cheap count for metrics
 
 A proxied request costs one round trip: a Lua script reads the session and slides its
 idle timeout together. Index entries of sessions that ended by idle expiry are pruned
@@ -173,9 +174,8 @@ class RedisStore(SessionStore):
     async def _guard(self, coro: Any) -> Any:
         try:
             return await coro
-        except RedisError as exc:
-            raise StoreUnavailable() from exc
-        except OSError as exc:
+        except (RedisError, OSError) as exc:
+            self.on_error()
             raise StoreUnavailable() from exc
 
     async def _index_add(self, key: str, session: Session) -> None:
@@ -221,6 +221,7 @@ class RedisStore(SessionStore):
             await self.r.set(self._skey(session.id), header + self._record(session), exat=exp)
             ukey = f"bff:u:{_h(session.sub)}"
             await self._index_add(ukey, session)
+            await self.r.zadd("bff:all", {session.id: session.expires_at})
             if session.idp_sid:
                 await self._index_add(f"bff:d:{_h(session.idp_sid)}", session)
             ended: list[Session] = []
@@ -263,6 +264,7 @@ class RedisStore(SessionStore):
         if session is None:
             return None
         pipe = self.r.pipeline(transaction=False)
+        pipe.zrem("bff:all", session_id)
         pipe.zrem(f"bff:u:{_h(session.sub)}", session_id)
         if session.idp_sid:
             pipe.zrem(f"bff:d:{_h(session.idp_sid)}", session_id)
@@ -314,6 +316,15 @@ class RedisStore(SessionStore):
 
     def lock(self, name: str, timeout: float) -> StoreLock:
         return _RedisLock(Lock(self.r, f"bff:l:{name}", timeout=timeout, sleep=0.05))
+
+    async def count_sessions(self) -> int:
+        async def run() -> int:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.zremrangebyscore("bff:all", "-inf", self.now())
+            pipe.zcard("bff:all")
+            return int((await pipe.execute())[1])
+
+        return cast(int, await self._guard(run()))
 
     async def ping(self) -> None:
         await self._guard(self.r.ping())

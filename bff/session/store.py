@@ -37,6 +37,7 @@ class SessionStore(ABC):
     def __init__(self, idle_timeout: int, clock: Clock = time.time) -> None:
         self.idle_timeout = idle_timeout
         self.clock = clock
+        self.on_error: Callable[[], None] = lambda: None  # told of every store failure (metrics)
 
     def now(self) -> int:
         return int(self.clock())
@@ -82,6 +83,10 @@ class SessionStore(ABC):
 
     @abstractmethod
     def lock(self, name: str, timeout: float) -> StoreLock: ...
+
+    @abstractmethod
+    async def count_sessions(self) -> int:
+        """Sessions not ended and not past their absolute timeout (idle-expired ones may still count)."""
 
     @abstractmethod
     async def ping(self) -> None: ...
@@ -216,6 +221,10 @@ class MemoryStore(SessionStore):
 
     def lock(self, name: str, timeout: float) -> StoreLock:
         return _MemoryLock(self._locks.setdefault(name, asyncio.Lock()))
+
+    async def count_sessions(self) -> int:
+        self._purge()
+        return len(self._sessions)
 
     async def ping(self) -> None:
         return None
