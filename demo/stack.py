@@ -62,9 +62,15 @@ BFF_VARIABLES = (
     "BFF_PUBLIC_URL",
     "BFF_SECRET_KEY",
     "BFF_REDIS_URL",
+    "BFF_SCOPES",
     "BFF_API_ROUTES",
     "BFF_STATIC_DIR",
 )
+# Without offline_access: since Keycloak 26.1, a first login that asks for offline_access
+# turns the SSO session into an offline session, so Keycloak has no browser session to
+# end on logout and sends no back-channel logout when an administrator (or another app)
+# ends the user's sessions. A plain refresh token lives as long as the SSO session.
+BFF_SCOPES = "openid profile email"
 
 KEYCLOAK_START_TIMEOUT = 240.0  # seconds; ~20 s warm, ~45 s on the first start (2 cores)
 
@@ -135,6 +141,7 @@ class StackConfig:
             "BFF_PUBLIC_URL": self.public_url,
             "BFF_SECRET_KEY": DEMO_SECRET_KEY,
             "BFF_REDIS_URL": self.redis_url,
+            "BFF_SCOPES": BFF_SCOPES,
             "BFF_API_ROUTES": f"/api={self.api_url}",
             "BFF_STATIC_DIR": str(SPA_DIST),
         }

@@ -1,4 +1,4 @@
-import { useCallback, useEffect, useState } from "react";
+import { useCallback, useEffect, useRef, useState } from "react";
 import {
   BffError,
   SignedOut,
@@ -40,6 +40,10 @@ function time(seconds: number | null | undefined): string {
 
 export function App() {
   const [state, setState] = useState<State>({ kind: "loading" });
+  const current = useRef(state);
+  useEffect(() => {
+    current.current = state;
+  }, [state]);
 
   const load = useCallback(async () => {
     try {
@@ -53,11 +57,9 @@ export function App() {
   useEffect(() => {
     void load();
     const offOut = onSignedOut((reason) => setState({ kind: "signed-out", reason }));
-    const offIn = onSignedInElsewhere(() => {
-      setState((s) => {
-        if (s.kind === "signed-out") void load();
-        return s;
-      });
+    const offIn = onSignedInElsewhere((session) => {
+      const s = current.current;
+      if (s.kind === "signed-out" || (s.kind === "signed-in" && s.user.session.id !== session)) void load();
     });
     return () => {
       offOut();

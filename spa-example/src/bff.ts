@@ -57,20 +57,22 @@ export class BffError extends Error {
 
 export type SignedOutReason = "logout" | "expired" | "ended-elsewhere";
 type Listener = (reason: SignedOutReason) => void;
-type TabMessage = { type: "signed-out"; reason: SignedOutReason } | { type: "signed-in"; sub: string };
+type TabMessage =
+  | { type: "signed-out"; reason: SignedOutReason }
+  | { type: "signed-in"; sub: string; session: string };
 
 const CHANNEL_NAME = "bff-session";
 const channel: BroadcastChannel | null =
   typeof BroadcastChannel === "undefined" ? null : new BroadcastChannel(CHANNEL_NAME);
 const signedOutListeners = new Set<Listener>();
-const signedInListeners = new Set<(sub: string) => void>();
+const signedInListeners = new Set<(session: string) => void>();
 
 channel?.addEventListener("message", (event: MessageEvent<TabMessage>) => {
   const msg = event.data;
   if (msg?.type === "signed-out") {
     signedOutListeners.forEach((fn) => fn(msg.reason));
   } else if (msg?.type === "signed-in") {
-    signedInListeners.forEach((fn) => fn(msg.sub));
+    signedInListeners.forEach((fn) => fn(msg.session));
   }
 });
 
@@ -80,8 +82,12 @@ export function onSignedOut(fn: Listener): () => void {
   return () => signedOutListeners.delete(fn);
 }
 
-/** Called when another tab has signed in (this tab should load the user again). */
-export function onSignedInElsewhere(fn: (sub: string) => void): () => void {
+/**
+ * Called with the session's handle when another tab has signed in: a signed-out tab, or
+ * one showing an older session (a new sign-in replaces this browser's session), should
+ * load the user again.
+ */
+export function onSignedInElsewhere(fn: (session: string) => void): () => void {
   signedInListeners.add(fn);
   return () => signedInListeners.delete(fn);
 }
@@ -151,7 +157,7 @@ export async function getUser(): Promise<User | null> {
   if (response.status === 401) return null;
   if (!response.ok) throw await failure(response);
   const user = (await response.json()) as User;
-  channel?.postMessage({ type: "signed-in", sub: user.sub } satisfies TabMessage);
+  channel?.postMessage({ type: "signed-in", sub: user.sub, session: user.session.id } satisfies TabMessage);
   return user;
 }
 
