@@ -10,6 +10,7 @@ headers (``Cache-Control: no-store`` on /bff/*, ``nosniff`` everywhere, the CSP 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import re
 import secrets
@@ -85,6 +86,9 @@ class Edge:
         ]
         self.api_headers = [(b"x-content-type-options", b"nosniff")]
         self.metrics = metrics
+        # Request ids: a random per-process prefix and a counter (no syscall per request).
+        self._rid_prefix = secrets.token_hex(4) + "-"
+        self._rid_counter = itertools.count(1)
 
     def _is_api(self, path: str) -> bool:
         for prefix in self.api_prefixes:
@@ -101,7 +105,7 @@ class Edge:
         headers = Headers(scope=scope)
         rid = headers.get("x-request-id", "")
         if not _REQUEST_ID.match(rid):
-            rid = secrets.token_hex(8)
+            rid = f"{self._rid_prefix}{next(self._rid_counter):x}"
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         state["client_ip"] = self.proxies.client_ip(scope)

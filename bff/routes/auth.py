@@ -27,6 +27,7 @@ from ..security.redirects import safe_return_to
 from ..services import Services
 from ..session.models import LoginTransaction, Session, logout_sid, new_session_id
 from .common import client_ip, current_session, services
+from .sessions import user_agent_summary
 
 audit = logging.getLogger("bff.audit")
 log = logging.getLogger("bff.auth")
@@ -144,7 +145,7 @@ async def callback(request: Request) -> Response:
         expires_at=now + svc.settings.session_absolute_timeout,
         last_seen=now,
         idp_sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None,
-        user_agent=request.headers.get("user-agent", "")[:256],
+        user_agent=user_agent_summary(request.headers.get("user-agent", "")),
         ip=client_ip(request),
         userinfo=userinfo or None,
     )

@@ -59,7 +59,7 @@ def _describe(s: Session, current: Session, idle: int) -> dict[str, object]:
         "created_at": s.created_at,
         "last_seen": s.last_seen,
         "expires_at": s.idle_expires_at(idle),
-        "user_agent": user_agent_summary(s.user_agent),
+        "user_agent": s.user_agent,  # summarised at login: the raw string is never stored
         "ip": s.ip,
         "current": s.id == current.id,
     }

@@ -28,9 +28,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.lock import Lock
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import LockError, RedisError
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import LockError, RedisClusterException, RedisError
 
 from ..errors import StoreUnavailable
 from .crypto import DecryptionError, RecordCipher
@@ -38,6 +38,11 @@ from .models import LoginTransaction, Session
 from .store import Clock, SessionStore, StoreLock
 
 Client = aioredis.Redis | RedisCluster
+
+# Everything that means "the store cannot answer now". RedisCluster raises
+# RedisClusterException (not a RedisError) when no node can be reached or a slot is not
+# covered.
+_UNAVAILABLE = (RedisError, RedisClusterException, OSError)
 
 _TOUCH = """
 local v = redis.call('GET', KEYS[1])
@@ -63,7 +68,15 @@ redis.call('SET', KEYS[1], head .. ARGV[1], 'KEEPTTL')
 return 1
 """
 
-_COMMON: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0, "health_check_interval": 15}
+# No health_check_interval: it costs a check on every command, and the one retry below
+# already replaces a connection that died while idle (e.g. across a Redis restart).
+_COMMON: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+# A sentinel answers from memory: a slow one is skipped for the next one soon.
+_SENTINEL: dict[str, Any] = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0, "health_check_interval": 15}
+
+
+MAX_CONNECTIONS = 128  # per process
+POOL_TIMEOUT = 5.0  # seconds a request waits for a free connection before 503
 
 
 def _retry() -> Retry:
@@ -71,24 +84,49 @@ def _retry() -> Retry:
     return Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1)
 
 
+def _nodes(hostlist: str, default_port: int) -> list[tuple[str, int]]:
+    """``host[:port],[v6::addr]:port,...`` -> [(host, port)]; a missing port is the default."""
+    nodes = []
+    for item in (i.strip() for i in hostlist.split(",")):
+        if not item:
+            continue
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port = rest.removeprefix(":")
+        elif item.count(":") == 1:
+            host, _, port = item.partition(":")
+        else:
+            host, port = item, ""
+        if port and not port.isdigit():
+            raise ValueError(f"invalid port {port!r} in the Redis URL")
+        nodes.append((host or "localhost", int(port) if port else default_port))
+    if not nodes:
+        raise ValueError("the Redis URL names no host")
+    return nodes
+
+
 def connect(url: str) -> Client:
     """A client for ``redis://``, ``rediss://``, ``redis+sentinel://`` or ``redis+cluster://``.
 
-    Sentinel: ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``.
-    Cluster: ``redis+cluster://[:password@]host:port[,host:port...]`` (any nodes; the rest
-    are discovered).
+    Sentinel: ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``
+    (port 26379 by default; the password is the data nodes', ``?sentinel_password=`` the
+    sentinels'). Cluster: ``redis+cluster://[[user]:password@]host[:port][,host[:port]...]``
+    (any nodes; the rest are discovered). ``rediss+`` uses TLS to the data nodes.
+    Every client fails fast: short timeouts and a single quick retry, so a request gets a
+    503 within seconds when the store cannot answer (see docs/redis.md).
     """
     parts = urlsplit(url)
     scheme = parts.scheme
     if scheme in ("redis", "rediss", "unix"):
-        return cast(Client, aioredis.Redis.from_url(url, retry=_retry(), **_COMMON))
+        # A blocking pool: under a burst, requests wait briefly for a connection instead of
+        # failing with "Too many connections" (redis-py's default pool raises at 100).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT, retry=_retry(), **_COMMON
+        )
+        return aioredis.Redis(connection_pool=pool)
     ssl = scheme.startswith("rediss")
     userinfo, _, hostlist = parts.netloc.rpartition("@")
     username, _, password = userinfo.partition(":")
-    nodes = []
-    for hp in hostlist.split(","):
-        host, _, port = hp.rpartition(":")
-        nodes.append((host.strip("[]") or "localhost", int(port or 6379)))
     query = parse_qs(parts.query)
     auth: dict[str, Any] = {}
     if password:
@@ -96,19 +134,26 @@ def connect(url: str) -> Client:
     if username:
         auth["username"] = unquote(username)
     if scheme.endswith("+sentinel"):
-        path = [p for p in parts.path.split("/") if p]
+        path = [unquote(p) for p in parts.path.split("/") if p]
         service = path[0] if path else "mymaster"
+        if len(path) > 1 and not path[1].isdigit():
+            raise ValueError(f"invalid database {path[1]!r} in the Redis Sentinel URL")
         db = int(path[1]) if len(path) > 1 else 0
-        sentinel_auth = {}
+        sentinel_kwargs: dict[str, Any] = {**_SENTINEL, "retry": Retry(NoBackoff(), retries=0)}
         if "sentinel_password" in query:
-            sentinel_auth["password"] = query["sentinel_password"][0]
+            sentinel_kwargs["password"] = query["sentinel_password"][0]
+        if "sentinel_username" in query:
+            sentinel_kwargs["username"] = query["sentinel_username"][0]
+        # The sentinels' clients do not retry: the next sentinel in the list is the retry.
+        # Their default (10 retries with backoff each) made a request wait ~15 s for its
+        # 503 when no sentinel answered.
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            nodes, sentinel_kwargs={**_COMMON, **sentinel_auth}, ssl=ssl, **_COMMON
+            _nodes(hostlist, 26379), sentinel_kwargs=sentinel_kwargs, ssl=ssl, **_COMMON
         )
         return cast(Client, sentinel.master_for(service, db=db, retry=_retry(), **auth))
     if scheme.endswith("+cluster"):
         return RedisCluster(
-            startup_nodes=[ClusterNode(h, p) for h, p in nodes],
+            startup_nodes=[ClusterNode(h, p) for h, p in _nodes(hostlist, 6379)],
             ssl=ssl,
             retry=_retry(),
             socket_connect_timeout=2.0,
@@ -129,19 +174,19 @@ class _RedisLock(StoreLock):
     async def acquire(self, wait: float) -> bool:
         try:
             return bool(await self._lock.acquire(blocking_timeout=wait))
-        except RedisError as exc:
+        except _UNAVAILABLE as exc:
             raise StoreUnavailable() from exc
 
     async def extend(self) -> None:
         try:
             await self._lock.reacquire()
-        except (LockError, RedisError):
+        except (LockError, *_UNAVAILABLE):
             return  # lost or unreachable: the refresh still completes, the waiters re-check
 
     async def release(self) -> None:
         try:
             await self._lock.release()
-        except (LockError, RedisError):
+        except (LockError, *_UNAVAILABLE):
             return  # expired already; nothing to release
 
 
@@ -174,7 +219,7 @@ class RedisStore(SessionStore):
     async def _guard(self, coro: Any) -> Any:
         try:
             return await coro
-        except (RedisError, OSError) as exc:
+        except _UNAVAILABLE as exc:
             self.on_error()
             raise StoreUnavailable() from exc
 
@@ -330,4 +375,7 @@ class RedisStore(SessionStore):
         await self._guard(self.r.ping())
 
     async def close(self) -> None:
+        pool = getattr(self.r, "connection_pool", None)
         await self.r.aclose()
+        if isinstance(pool, SentinelConnectionPool):
+            await pool.sentinel_manager.aclose()  # the clients of the sentinels themselves

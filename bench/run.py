@@ -1,0 +1,404 @@
+"""The benchmark suite: every figure as a ratio against a baseline measured in the same run.
+
+    .venv/bin/python bench/run.py                 # everything (~4 minutes)
+    .venv/bin/python bench/run.py proxy storm     # some sections
+    .venv/bin/python bench/run.py --duration 5    # shorter wrk runs
+
+Sections: proxy (req/s, p50/p99, CPU per request, p99 at half load; BFF vs direct),
+workers (the same with BFF_WORKERS=2), clients (httpx vs aiohttp vs httpx-aiohttp on the
+forwarding path), login (full login round trips per second vs the provider alone),
+storm (200 concurrent calls on due tokens over 2 processes: token requests per session),
+memory (Redis bytes per session vs the raw tokens; memory of 100k sessions).
+
+Everything runs on this machine: wrk, Redis, the test provider, the upstream and the
+BFF share the cores, so compare figures within one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bff.session.crypto import RecordCipher  # noqa: E402
+from bff.session.models import Session, new_session_id  # noqa: E402
+from bff.session.redis_store import RedisStore, connect  # noqa: E402
+from tests.support import (  # noqa: E402
+    SECRET,
+    BffProc,
+    Browser,
+    Proc,
+    ProviderProc,
+    RedisServer,
+    UpstreamProc,
+    bff_env,
+    free_port,
+)
+
+DURATION = 10
+CONNECTIONS = 32
+
+
+def log(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# --- measurement helpers ----------------------------------------------------------
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, headers: dict[str, str] | None = None, connections: int = CONNECTIONS,
+        duration: int | None = None, delay_ms: float | None = None) -> dict[str, float]:
+    """Run wrk; return rps, p50, p99 (ms) and the request count."""
+    args = ["wrk", "-t2", f"-c{connections}", f"-d{duration or DURATION}s", "--latency"]
+    for k, v in (headers or {}).items():
+        args += ["-H", f"{k}: {v}"]
+    script = None
+    if delay_ms is not None:
+        script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)  # noqa: SIM115
+        script.write(f"function delay() return {max(int(delay_ms), 0)} end\n")
+        script.close()
+        args += ["-s", script.name]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    if script:
+        os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50": p50, "p99": p99, "requests": total,
+            "non2xx": int(non2xx.group(1)) if non2xx else 0, "errors": bool(errors)}
+
+
+def tree_pids(pid: int) -> list[int]:
+    """A process and its descendants (uvicorn workers)."""
+    pids = [pid]
+    with contextlib.suppress(FileNotFoundError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            pids += tree_pids(int(child))
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    for p in tree_pids(pid):
+        with contextlib.suppress(FileNotFoundError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def fmt(r: dict[str, float]) -> str:
+    return f"{r['rps']:8.0f} req/s   p50 {r['p50']:6.2f} ms   p99 {r['p99']:6.2f} ms"
+
+
+# --- the stack ---------------------------------------------------------------------
+class Stack:
+    def __init__(self) -> None:
+        self.redis = RedisServer()
+        self.provider = ProviderProc()
+        self.upstream = UpstreamProc()
+        self.procs: list[Proc] = []
+
+    def __enter__(self) -> Stack:
+        for p in (self.redis, self.provider, self.upstream):
+            p.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in [*self.procs, self.upstream, self.provider, self.redis]:
+            p.stop()
+
+    def bff(self, port: int | None = None, public: str | None = None, **extra: str) -> BffProc:
+        port = port or free_port()
+        public = public or f"http://127.0.0.1:{port}"
+        env = bff_env(self.provider, self.redis.url, public, BFF_API_ROUTES=f"/api={self.upstream.url}",
+                      BFF_PORT=str(port), BFF_LOG_LEVEL="warning", **extra)
+        proc = BffProc(env)
+        proc.start()
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: BffProc) -> None:
+        proc.stop()
+        self.procs.remove(proc)
+
+
+async def login(url: str, user: str = "alice", public: str | None = None) -> str:
+    async with httpx.AsyncClient(timeout=30) as client:
+        browser = Browser(client, public or url)
+        browser.public_url = url
+        await browser.login(user)
+        await browser.aclose()
+        return browser._cookie_header()["cookie"]
+
+
+# --- sections ----------------------------------------------------------------------
+def section_proxy(stack: Stack, results: dict[str, Any]) -> None:
+    log("== proxy: through the BFF vs straight to the upstream (wrk, "
+        f"{CONNECTIONS} connections, {DURATION} s each)")
+    bff = stack.bff()
+    cookie = asyncio.run(login(bff.url))
+    headers = {"Cookie": cookie, "X-CSRF": "1"}
+    wrk(f"{bff.url}/api/bench", headers, duration=2)  # warm-up: pools, caches
+    direct = wrk(f"{stack.upstream.url}/bench")
+    assert bff.proc is not None
+    cpu0 = cpu_seconds(bff.proc.pid)
+    through = wrk(f"{bff.url}/api/bench", headers)
+    cpu = cpu_seconds(bff.proc.pid) - cpu0
+    cpu_us = cpu / through["requests"] * 1e6
+    log(f"  direct          {fmt(direct)}")
+    log(f"  through BFF     {fmt(through)}   non-2xx {through['non2xx']}")
+    log(f"  ratio BFF/direct req/s: {through['rps'] / direct['rps']:.3f}")
+    log(f"  BFF CPU per proxied request: {cpu_us:.0f} us (process CPU time / requests)")
+    half = through["rps"] / 2
+    conns = 16
+    delay = conns / half * 1000 - through["p50"] / 2
+    paced = wrk(f"{bff.url}/api/bench", headers, connections=conns, delay_ms=delay)
+    log(f"  at about half load ({paced['rps']:.0f} req/s of {through['rps']:.0f}): "
+        f"p50 {paced['p50']:.2f} ms, p99 {paced['p99']:.2f} ms")
+    results["proxy"] = {"direct": direct, "bff": through, "cpu_us": cpu_us, "half_load": paced}
+    stack.stop(bff)
+
+
+def section_workers(stack: Stack, results: dict[str, Any]) -> None:
+    log("== workers: BFF_WORKERS=2 vs one process")
+    direct = wrk(f"{stack.upstream.url}/bench")
+    bff = stack.bff(BFF_WORKERS="2")
+    cookie = asyncio.run(login(bff.url))
+    headers = {"Cookie": cookie, "X-CSRF": "1"}
+    wrk(f"{bff.url}/api/bench", headers, duration=2)
+    two = wrk(f"{bff.url}/api/bench", headers)
+    stack.stop(bff)
+    one_proc = stack.bff()
+    cookie = asyncio.run(login(one_proc.url))
+    wrk(f"{one_proc.url}/api/bench", {"Cookie": cookie, "X-CSRF": "1"}, duration=2)
+    one = wrk(f"{one_proc.url}/api/bench", {"Cookie": cookie, "X-CSRF": "1"})
+    stack.stop(one_proc)
+    log(f"  direct          {fmt(direct)}")
+    log(f"  1 process       {fmt(one)}   ratio to direct {one['rps'] / direct['rps']:.3f}")
+    log(f"  2 workers       {fmt(two)}   ratio to direct {two['rps'] / direct['rps']:.3f}"
+        f"   ratio to 1 process {two['rps'] / one['rps']:.2f}")
+    results["workers"] = {"direct": direct, "one": one, "two": two}
+
+
+def section_clients(stack: Stack, results: dict[str, Any]) -> None:
+    log("== clients: minimal Redis-session proxies, one per HTTP client library")
+    direct = wrk(f"{stack.upstream.url}/bench")
+    log(f"  direct              {fmt(direct)}")
+    results["clients"] = {"direct": direct}
+    for client in ("httpx", "aiohttp", "httpx-aiohttp"):
+        port = free_port()
+        proc = Proc([sys.executable, str(ROOT / "bench" / "clients.py"), client, str(port), stack.upstream.url,
+                     stack.redis.url], port)
+        try:
+            proc.start()
+        except (RuntimeError, TimeoutError) as exc:
+            log(f"  {client:<19} not measured: {exc}")
+            continue
+        try:
+            wrk(f"http://127.0.0.1:{port}/bench", {"Cookie": "s=bench"}, duration=2)
+            r = wrk(f"http://127.0.0.1:{port}/bench", {"Cookie": "s=bench"})
+        finally:
+            proc.stop()
+        log(f"  {client:<19} {fmt(r)}   ratio to direct {r['rps'] / direct['rps']:.3f}")
+        results["clients"][client] = r
+
+
+async def _login_loop(bff_url: str, seconds: float, concurrency: int) -> int:
+    done = 0
+    deadline = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        async with httpx.AsyncClient(timeout=30) as client:
+            while time.monotonic() < deadline:
+                browser = Browser(client, bff_url)
+                await browser.login()
+                await browser.aclose()
+                done += 1
+
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    return done
+
+
+async def _provider_loop(provider: ProviderProc, seconds: float, concurrency: int) -> int:
+    """The same IdP work without the BFF: authorize, then the code exchange."""
+    import base64
+    import hashlib
+    import secrets
+
+    done = 0
+    deadline = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        async with httpx.AsyncClient(base_url=provider.issuer, timeout=30) as client:
+            while time.monotonic() < deadline:
+                verifier = secrets.token_urlsafe(48)
+                challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+                r = await client.get("/authorize", params={
+                    "response_type": "code", "client_id": "bff-test", "scope": "openid",
+                    "redirect_uri": "http://x/bff/callback", "state": "s", "nonce": "n",
+                    "code_challenge": challenge, "code_challenge_method": "S256"})
+                code = httpx.URL(r.headers["location"]).params["code"]
+                await client.post("/token", data={"grant_type": "authorization_code", "code": code,
+                                                  "redirect_uri": "http://x/bff/callback",
+                                                  "code_verifier": verifier},
+                                  auth=("bff-test", "test-secret"))
+                done += 1
+
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    return done
+
+
+def section_login(stack: Stack, results: dict[str, Any]) -> None:
+    log("== login: full round trips (login -> provider -> callback -> session), 8 concurrent browsers")
+    seconds = DURATION
+    bff = stack.bff()
+    stack.provider.reset()
+    provider_only = asyncio.run(_provider_loop(stack.provider, seconds, 8)) / seconds
+    through = asyncio.run(_login_loop(bff.url, seconds, 8)) / seconds
+    stack.stop(bff)
+    log(f"  provider alone (authorize + token)  {provider_only:7.1f} /s")
+    log(f"  through the BFF                     {through:7.1f} logins/s"
+        f"   ratio {through / provider_only:.3f}")
+    log("  (the client, the provider and the BFF share the machine; the ratio is what the BFF adds)")
+    results["login"] = {"provider_only": provider_only, "bff": through}
+
+
+def section_storm(stack: Stack, results: dict[str, Any], sessions: int = 20, calls: int = 200) -> None:
+    log(f"== storm: {calls} concurrent calls on due access tokens, {sessions} sessions, 2 BFF processes")
+    stack.provider.reset()
+    stack.provider.configure(access_ttl=30, refresh_access_ttl=3600)
+    port_a = free_port()
+    public = f"http://127.0.0.1:{port_a}"
+    a = stack.bff(port=port_a, public=public, BFF_TOKEN_REFRESH_SKEW="60")
+    b = stack.bff(public=public, BFF_TOKEN_REFRESH_SKEW="60")
+    cookies = [asyncio.run(login(a.url)) for _ in range(sessions)]
+    before = stack.provider.stats()["stats"]["refresh_token"]
+
+    async def storm() -> list[int]:
+        limits = httpx.Limits(max_connections=calls)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            tasks = [client.get(f"{(a if i % 2 else b).url}/api/echo",
+                                headers={"x-csrf": "1", "cookie": cookies[i % sessions]}) for i in range(calls)]
+            return [r.status_code for r in await asyncio.gather(*tasks)]
+
+    started = time.monotonic()
+    statuses = asyncio.run(storm())
+    elapsed = time.monotonic() - started
+    refreshes = stack.provider.stats()["stats"]["refresh_token"] - before
+    stack.stop(a)
+    stack.stop(b)
+    stack.provider.reset()
+    ok = statuses.count(200)
+    log(f"  answers: {ok}/{calls} OK in {elapsed:.2f} s; token requests at the provider: {refreshes} "
+        f"for {sessions} sessions ({refreshes / sessions:.2f} per session; "
+        f"{'exactly one each' if refreshes == sessions else 'NOT one each'})")
+    results["storm"] = {"ok": ok, "calls": calls, "refreshes": refreshes, "sessions": sessions}
+
+
+def section_memory(stack: Stack, results: dict[str, Any], count: int = 100_000) -> None:
+    log("== memory: Redis bytes per session")
+    stack.redis.cli("FLUSHALL")
+    bff = stack.bff()
+    asyncio.run(login(bff.url))
+    stack.stop(bff)
+    key = stack.redis.cli("KEYS", "bff:s:*").split()[0]
+    usage = int(stack.redis.cli("MEMORY", "USAGE", key, "SAMPLES", "0"))
+    cipher = RecordCipher.from_settings((), (SECRET,))
+
+    async def inspect() -> Session:
+        store = RedisStore(connect(stack.redis.url), cipher, 1800)
+        session = await store.load(key.split(":", 2)[2], touch=False)
+        await store.close()
+        assert session is not None
+        return session
+
+    real = asyncio.run(inspect())
+    raw = len(real.access_token) + len(real.refresh_token or "") + len(real.id_token)
+    limit = 1.3 * raw + 300
+    log(f"  one session: MEMORY USAGE {usage} bytes; raw tokens {raw} bytes "
+        f"(access {len(real.access_token)}, refresh {len(real.refresh_token or '')}, id {len(real.id_token)})")
+    log(f"  ratio {usage / raw:.3f} x raw; limit 1.3 x raw + 300 = {limit:.0f} bytes: "
+        f"{'within' if usage <= limit else 'OVER'}")
+
+    async def fill() -> None:
+        store = RedisStore(connect(stack.redis.url), cipher, 1800)
+        now = int(time.time())
+        batch = 500
+        for start in range(0, count, batch):
+            sessions = [Session(id=new_session_id(), sub=f"user-{i:06d}", id_token=real.id_token,
+                                access_token=real.access_token, access_expires_at=now + 300,
+                                refresh_token=real.refresh_token, created_at=now, expires_at=now + 43200,
+                                last_seen=now, idp_sid=f"sid-{i}", user_agent=real.user_agent, ip=real.ip)
+                        for i in range(start, min(start + batch, count))]
+            await asyncio.gather(*[store.create(s) for s in sessions])
+        await store.close()
+
+    stack.redis.cli("FLUSHALL")
+    before = _used_memory(stack.redis)
+    started = time.monotonic()
+    asyncio.run(fill())
+    after = _used_memory(stack.redis)
+    per = (after - before) / count
+    log(f"  {count} sessions (with their user and sid index entries): {(after - before) / 2**20:.1f} MiB "
+        f"({per:.0f} bytes per session, {per / raw:.2f} x raw), written in {time.monotonic() - started:.0f} s")
+    results["memory"] = {"usage": usage, "raw": raw, "limit": limit, "bulk_per_session": per, "count": count}
+
+
+def _used_memory(redis: RedisServer) -> int:
+    info = redis.cli("INFO", "memory")
+    return int(re.search(r"used_memory:(\d+)", info).group(1))  # type: ignore[union-attr]
+
+
+SECTIONS = {"proxy": section_proxy, "workers": section_workers, "clients": section_clients,
+            "login": section_login, "storm": section_storm, "memory": section_memory}
+
+
+def main() -> None:
+    global DURATION
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sections", nargs="*", choices=[*SECTIONS, []], default=[])
+    parser.add_argument("--duration", type=int, default=DURATION, help="seconds per wrk run")
+    parser.add_argument("--sessions", type=int, default=100_000, help="sessions for the memory section")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    DURATION = args.duration
+    chosen = args.sections or list(SECTIONS)
+    results: dict[str, Any] = {}
+    log(f"bff benchmarks - {time.strftime('%Y-%m-%d %H:%M:%S')} - {os.cpu_count()} CPUs - sections: "
+        f"{', '.join(chosen)}")
+    with Stack() as stack:
+        for name in chosen:
+            if name == "memory":
+                section_memory(stack, results, args.sessions)
+            else:
+                SECTIONS[name](stack, results)
+            log()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
