@@ -217,7 +217,7 @@ class OIDCClient:
         if not isinstance(access_token, str) or not access_token:
             raise TokenError("invalid_response", "the token response has no access_token")
         token_type = data.get("token_type")
-        if not isinstance(token_type, str) or token_type.lower() not in ("bearer", "dpop"):
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
             raise TokenError("invalid_response", f"unsupported token_type {token_type!r}")
         expires_in = data.get("expires_in")
         expires_at = 0

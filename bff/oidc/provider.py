@@ -43,6 +43,7 @@ class ProviderMetadata:
 
     @classmethod
     def parse(cls, data: object, expected_issuer: str) -> ProviderMetadata:
+        """Validate discovery metadata. Endpoints of an https issuer must be https too."""
         if not isinstance(data, dict):
             raise OIDCError("discovery_invalid", "IdP metadata is not a JSON object")
         if data.get("issuer") != expected_issuer:
@@ -50,9 +51,10 @@ class ProviderMetadata:
                 "discovery_issuer_mismatch",
                 f"IdP metadata names issuer {data.get('issuer')!r}, expected {expected_issuer!r}",
             )
+        schemes = ("https://",) if expected_issuer.startswith("https://") else ("https://", "http://")
         for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
-            if not isinstance(data.get(name), str) or not data[name].startswith(("https://", "http://")):
-                raise OIDCError("discovery_invalid", f"IdP metadata lacks a valid {name}")
+            if not isinstance(data.get(name), str) or not data[name].startswith(schemes):
+                raise OIDCError("discovery_invalid", f"IdP metadata lacks a valid {name} ({' or '.join(schemes)})")
 
         def strs(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
             value = data.get(name)
@@ -62,7 +64,11 @@ class ProviderMetadata:
 
         def url(name: str) -> str | None:
             value = data.get(name)
-            return value if isinstance(value, str) and value.startswith(("https://", "http://")) else None
+            if value is None:
+                return None
+            if not isinstance(value, str) or not value.startswith(schemes):
+                raise OIDCError("discovery_invalid", f"IdP metadata has an invalid {name}")
+            return value
 
         token_methods = strs("token_endpoint_auth_methods_supported", ("client_secret_basic",))
         return cls(

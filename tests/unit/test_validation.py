@@ -251,3 +251,18 @@ async def test_logout_token_typ_and_valid_forms():
         await validate_logout_token(sign(c, header={"typ": "logout+jwt"}), provider, checks())
     with pytest.raises(OIDCError):
         await validate_logout_token(sign(logout_claims(), header={"typ": "at+jwt"}), provider, checks())
+
+
+def test_discovery_metadata_of_an_https_issuer_must_use_https_endpoints():
+    from bff.oidc.provider import ProviderMetadata
+
+    good = {"issuer": ISSUER, "authorization_endpoint": f"{ISSUER}/a", "token_endpoint": f"{ISSUER}/t",
+            "jwks_uri": f"{ISSUER}/j"}
+    assert ProviderMetadata.parse(good, ISSUER).token_endpoint == f"{ISSUER}/t"
+    for name in ("authorization_endpoint", "token_endpoint", "jwks_uri", "end_session_endpoint"):
+        with pytest.raises(OIDCError) as info:
+            ProviderMetadata.parse({**good, name: "http://idp.example.com/x"}, ISSUER)
+        assert info.value.code == "discovery_invalid"
+    with pytest.raises(OIDCError) as info:
+        ProviderMetadata.parse({**good, "issuer": "https://other.example.com"}, ISSUER)
+    assert info.value.code == "discovery_issuer_mismatch"
