@@ -21,7 +21,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .error_handlers import json_error
-from .errors import BFFError, CsrfRejected, HeadersTooLarge, PayloadTooLarge
+from .errors import BFFError, HeadersTooLarge, PayloadTooLarge
 from .metrics import Metrics
 from .security.csrf import check_cross_site
 from .settings import Settings
@@ -168,6 +168,3 @@ class Edge:
             return message
 
         return wrapped
-
-
-__all__ = ["CROSS_SITE_ALLOWED", "CsrfRejected", "Edge", "TrustedProxies"]

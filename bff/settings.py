@@ -157,10 +157,6 @@ class Settings:
     def redirect_uri(self) -> str:
         return f"{self.public_url}/bff/callback"
 
-    @property
-    def public_origin(self) -> str:
-        return self.public_url
-
     def __repr__(self) -> str:  # secrets masked, everything else shown
         parts = []
         for f in fields(self):

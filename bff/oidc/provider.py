@@ -54,7 +54,9 @@ class ProviderMetadata:
         schemes = ("https://",) if expected_issuer.startswith("https://") else ("https://", "http://")
         for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
             if not isinstance(data.get(name), str) or not data[name].startswith(schemes):
-                raise OIDCError("discovery_invalid", f"IdP metadata lacks a valid {name} ({' or '.join(schemes)})")
+                raise OIDCError(
+                    "discovery_invalid", f"IdP metadata lacks a valid {name} ({' or '.join(schemes)})"
+                )
 
         def strs(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
             value = data.get(name)

@@ -87,9 +87,6 @@ class Cookies:
         value = secrets.token_urlsafe(24)
         return value, self._header(self.login_name, self.login.encode(value), self._login_max_age, "lax")
 
-    def clear_login_binding(self) -> str:
-        return self._header(self.login_name, "", 0, "lax")
-
 
 def binding_hash(value: str) -> str:
     """What the store keeps of the binding cookie: enough to compare, useless to replay."""

@@ -83,6 +83,3 @@ class RecordCipher:
             return aead.decrypt(record[5:17], record[17:], aad)
         except InvalidTag:
             raise DecryptionError("record failed authentication") from None
-
-    def needs_rewrap(self, record: bytes) -> bool:
-        return record[1:5] != self._current_id

@@ -72,7 +72,11 @@ return 1
 # already replaces a connection that died while idle (e.g. across a Redis restart).
 _COMMON: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
 # A sentinel answers from memory: a slow one is skipped for the next one soon.
-_SENTINEL: dict[str, Any] = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0, "health_check_interval": 15}
+_SENTINEL: dict[str, Any] = {
+    "socket_connect_timeout": 1.0,
+    "socket_timeout": 2.0,
+    "health_check_interval": 15,
+}
 
 
 MAX_CONNECTIONS = 128  # per process
@@ -123,7 +127,7 @@ def connect(url: str) -> Client:
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT, retry=_retry(), **_COMMON
         )
-        return aioredis.Redis(connection_pool=pool)
+        return aioredis.Redis.from_pool(pool)  # the client owns (and closes) its pool
     ssl = scheme.startswith("rediss")
     userinfo, _, hostlist = parts.netloc.rpartition("@")
     username, _, password = userinfo.partition(":")
