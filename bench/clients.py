@@ -25,7 +25,9 @@ async def startup() -> None:
     if KIND == "aiohttp":
         import aiohttp
 
-        state["client"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
+        state["client"] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
+        )
     elif KIND == "httpx":
         import httpx
 
@@ -58,11 +60,23 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 return
     await state["redis"].get("bench:session")
     status, body = await forward()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning", http="httptools", loop="uvloop",
-                access_log=False)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=PORT,
+        log_level="warning",
+        http="httptools",
+        loop="uvloop",
+        access_log=False,
+    )

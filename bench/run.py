@@ -63,8 +63,13 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(url: str, headers: dict[str, str] | None = None, connections: int = CONNECTIONS,
-        duration: int | None = None, delay_ms: float | None = None) -> dict[str, float]:
+def wrk(
+    url: str,
+    headers: dict[str, str] | None = None,
+    connections: int = CONNECTIONS,
+    duration: int | None = None,
+    delay_ms: float | None = None,
+) -> dict[str, float]:
     """Run wrk; return rps, p50, p99 (ms) and the request count."""
     args = ["wrk", "-t2", f"-c{connections}", f"-d{duration or DURATION}s", "--latency"]
     for k, v in (headers or {}).items():
@@ -84,8 +89,14 @@ def wrk(url: str, headers: dict[str, str] | None = None, connections: int = CONN
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50": p50, "p99": p99, "requests": total,
-            "non2xx": int(non2xx.group(1)) if non2xx else 0, "errors": bool(errors)}
+    return {
+        "rps": rps,
+        "p50": p50,
+        "p99": p99,
+        "requests": total,
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "errors": bool(errors),
+    }
 
 
 def tree_pids(pid: int) -> list[int]:
@@ -131,8 +142,15 @@ class Stack:
     def bff(self, port: int | None = None, public: str | None = None, **extra: str) -> BffProc:
         port = port or free_port()
         public = public or f"http://127.0.0.1:{port}"
-        env = bff_env(self.provider, self.redis.url, public, BFF_API_ROUTES=f"/api={self.upstream.url}",
-                      BFF_PORT=str(port), BFF_LOG_LEVEL="warning", **extra)
+        env = bff_env(
+            self.provider,
+            self.redis.url,
+            public,
+            BFF_API_ROUTES=f"/api={self.upstream.url}",
+            BFF_PORT=str(port),
+            BFF_LOG_LEVEL="warning",
+            **extra,
+        )
         proc = BffProc(env)
         proc.start()
         self.procs.append(proc)
@@ -154,8 +172,10 @@ async def login(url: str, user: str = "alice", public: str | None = None) -> str
 
 # --- sections ----------------------------------------------------------------------
 def section_proxy(stack: Stack, results: dict[str, Any]) -> None:
-    log("== proxy: through the BFF vs straight to the upstream (wrk, "
-        f"{CONNECTIONS} connections, {DURATION} s each)")
+    log(
+        "== proxy: through the BFF vs straight to the upstream (wrk, "
+        f"{CONNECTIONS} connections, {DURATION} s each)"
+    )
     bff = stack.bff()
     cookie = asyncio.run(login(bff.url))
     headers = {"Cookie": cookie, "X-CSRF": "1"}
@@ -174,8 +194,10 @@ def section_proxy(stack: Stack, results: dict[str, Any]) -> None:
     conns = 16
     delay = conns / half * 1000 - through["p50"] / 2
     paced = wrk(f"{bff.url}/api/bench", headers, connections=conns, delay_ms=delay)
-    log(f"  at about half load ({paced['rps']:.0f} req/s of {through['rps']:.0f}): "
-        f"p50 {paced['p50']:.2f} ms, p99 {paced['p99']:.2f} ms")
+    log(
+        f"  at about half load ({paced['rps']:.0f} req/s of {through['rps']:.0f}): "
+        f"p50 {paced['p50']:.2f} ms, p99 {paced['p99']:.2f} ms"
+    )
     results["proxy"] = {"direct": direct, "bff": through, "cpu_us": cpu_us, "half_load": paced}
     stack.stop(bff)
 
@@ -196,8 +218,10 @@ def section_workers(stack: Stack, results: dict[str, Any]) -> None:
     stack.stop(one_proc)
     log(f"  direct          {fmt(direct)}")
     log(f"  1 process       {fmt(one)}   ratio to direct {one['rps'] / direct['rps']:.3f}")
-    log(f"  2 workers       {fmt(two)}   ratio to direct {two['rps'] / direct['rps']:.3f}"
-        f"   ratio to 1 process {two['rps'] / one['rps']:.2f}")
+    log(
+        f"  2 workers       {fmt(two)}   ratio to direct {two['rps'] / direct['rps']:.3f}"
+        f"   ratio to 1 process {two['rps'] / one['rps']:.2f}"
+    )
     results["workers"] = {"direct": direct, "one": one, "two": two}
 
 
@@ -208,8 +232,17 @@ def section_clients(stack: Stack, results: dict[str, Any]) -> None:
     results["clients"] = {"direct": direct}
     for client in ("httpx", "aiohttp", "httpx-aiohttp"):
         port = free_port()
-        proc = Proc([sys.executable, str(ROOT / "bench" / "clients.py"), client, str(port), stack.upstream.url,
-                     stack.redis.url], port)
+        proc = Proc(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "clients.py"),
+                client,
+                str(port),
+                stack.upstream.url,
+                stack.redis.url,
+            ],
+            port,
+        )
         try:
             proc.start()
         except (RuntimeError, TimeoutError) as exc:
@@ -255,16 +288,33 @@ async def _provider_loop(provider: ProviderProc, seconds: float, concurrency: in
         async with httpx.AsyncClient(base_url=provider.issuer, timeout=30) as client:
             while time.monotonic() < deadline:
                 verifier = secrets.token_urlsafe(48)
-                challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
-                r = await client.get("/authorize", params={
-                    "response_type": "code", "client_id": "bff-test", "scope": "openid",
-                    "redirect_uri": "http://x/bff/callback", "state": "s", "nonce": "n",
-                    "code_challenge": challenge, "code_challenge_method": "S256"})
+                challenge = (
+                    base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+                )
+                r = await client.get(
+                    "/authorize",
+                    params={
+                        "response_type": "code",
+                        "client_id": "bff-test",
+                        "scope": "openid",
+                        "redirect_uri": "http://x/bff/callback",
+                        "state": "s",
+                        "nonce": "n",
+                        "code_challenge": challenge,
+                        "code_challenge_method": "S256",
+                    },
+                )
                 code = httpx.URL(r.headers["location"]).params["code"]
-                await client.post("/token", data={"grant_type": "authorization_code", "code": code,
-                                                  "redirect_uri": "http://x/bff/callback",
-                                                  "code_verifier": verifier},
-                                  auth=("bff-test", "test-secret"))
+                await client.post(
+                    "/token",
+                    data={
+                        "grant_type": "authorization_code",
+                        "code": code,
+                        "redirect_uri": "http://x/bff/callback",
+                        "code_verifier": verifier,
+                    },
+                    auth=("bff-test", "test-secret"),
+                )
                 done += 1
 
     await asyncio.gather(*[worker() for _ in range(concurrency)])
@@ -280,8 +330,9 @@ def section_login(stack: Stack, results: dict[str, Any]) -> None:
     through = asyncio.run(_login_loop(bff.url, seconds, 8)) / seconds
     stack.stop(bff)
     log(f"  provider alone (authorize + token)  {provider_only:7.1f} /s")
-    log(f"  through the BFF                     {through:7.1f} logins/s"
-        f"   ratio {through / provider_only:.3f}")
+    log(
+        f"  through the BFF                     {through:7.1f} logins/s   ratio {through / provider_only:.3f}"
+    )
     log("  (the client, the provider and the BFF share the machine; the ratio is what the BFF adds)")
     results["login"] = {"provider_only": provider_only, "bff": through}
 
@@ -300,8 +351,13 @@ def section_storm(stack: Stack, results: dict[str, Any], sessions: int = 20, cal
     async def storm() -> list[int]:
         limits = httpx.Limits(max_connections=calls)
         async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-            tasks = [client.get(f"{(a if i % 2 else b).url}/api/echo",
-                                headers={"x-csrf": "1", "cookie": cookies[i % sessions]}) for i in range(calls)]
+            tasks = [
+                client.get(
+                    f"{(a if i % 2 else b).url}/api/echo",
+                    headers={"x-csrf": "1", "cookie": cookies[i % sessions]},
+                )
+                for i in range(calls)
+            ]
             return [r.status_code for r in await asyncio.gather(*tasks)]
 
     started = time.monotonic()
@@ -312,9 +368,11 @@ def section_storm(stack: Stack, results: dict[str, Any], sessions: int = 20, cal
     stack.stop(b)
     stack.provider.reset()
     ok = statuses.count(200)
-    log(f"  answers: {ok}/{calls} OK in {elapsed:.2f} s; token requests at the provider: {refreshes} "
+    log(
+        f"  answers: {ok}/{calls} OK in {elapsed:.2f} s; token requests at the provider: {refreshes} "
         f"for {sessions} sessions ({refreshes / sessions:.2f} per session; "
-        f"{'exactly one each' if refreshes == sessions else 'NOT one each'})")
+        f"{'exactly one each' if refreshes == sessions else 'NOT one each'})"
+    )
     results["storm"] = {"ok": ok, "calls": calls, "refreshes": refreshes, "sessions": sessions}
 
 
@@ -338,21 +396,37 @@ def section_memory(stack: Stack, results: dict[str, Any], count: int = 100_000) 
     real = asyncio.run(inspect())
     raw = len(real.access_token) + len(real.refresh_token or "") + len(real.id_token)
     limit = 1.3 * raw + 300
-    log(f"  one session: MEMORY USAGE {usage} bytes; raw tokens {raw} bytes "
-        f"(access {len(real.access_token)}, refresh {len(real.refresh_token or '')}, id {len(real.id_token)})")
-    log(f"  ratio {usage / raw:.3f} x raw; limit 1.3 x raw + 300 = {limit:.0f} bytes: "
-        f"{'within' if usage <= limit else 'OVER'}")
+    log(
+        f"  one session: MEMORY USAGE {usage} bytes; raw tokens {raw} bytes "
+        f"(access {len(real.access_token)}, refresh {len(real.refresh_token or '')}, id {len(real.id_token)})"
+    )
+    log(
+        f"  ratio {usage / raw:.3f} x raw; limit 1.3 x raw + 300 = {limit:.0f} bytes: "
+        f"{'within' if usage <= limit else 'OVER'}"
+    )
 
     async def fill() -> None:
         store = RedisStore(connect(stack.redis.url), cipher, 1800)
         now = int(time.time())
         batch = 500
         for start in range(0, count, batch):
-            sessions = [Session(id=new_session_id(), sub=f"user-{i:06d}", id_token=real.id_token,
-                                access_token=real.access_token, access_expires_at=now + 300,
-                                refresh_token=real.refresh_token, created_at=now, expires_at=now + 43200,
-                                last_seen=now, idp_sid=f"sid-{i}", user_agent=real.user_agent, ip=real.ip)
-                        for i in range(start, min(start + batch, count))]
+            sessions = [
+                Session(
+                    id=new_session_id(),
+                    sub=f"user-{i:06d}",
+                    id_token=real.id_token,
+                    access_token=real.access_token,
+                    access_expires_at=now + 300,
+                    refresh_token=real.refresh_token,
+                    created_at=now,
+                    expires_at=now + 43200,
+                    last_seen=now,
+                    idp_sid=f"sid-{i}",
+                    user_agent=real.user_agent,
+                    ip=real.ip,
+                )
+                for i in range(start, min(start + batch, count))
+            ]
             await asyncio.gather(*[store.create(s) for s in sessions])
         await store.close()
 
@@ -362,8 +436,10 @@ def section_memory(stack: Stack, results: dict[str, Any], count: int = 100_000) 
     asyncio.run(fill())
     after = _used_memory(stack.redis)
     per = (after - before) / count
-    log(f"  {count} sessions (with their user and sid index entries): {(after - before) / 2**20:.1f} MiB "
-        f"({per:.0f} bytes per session, {per / raw:.2f} x raw), written in {time.monotonic() - started:.0f} s")
+    log(
+        f"  {count} sessions (with their user and sid index entries): {(after - before) / 2**20:.1f} MiB "
+        f"({per:.0f} bytes per session, {per / raw:.2f} x raw), written in {time.monotonic() - started:.0f} s"
+    )
     results["memory"] = {"usage": usage, "raw": raw, "limit": limit, "bulk_per_session": per, "count": count}
 
 
@@ -372,13 +448,21 @@ def _used_memory(redis: RedisServer) -> int:
     return int(re.search(r"used_memory:(\d+)", info).group(1))  # type: ignore[union-attr]
 
 
-SECTIONS = {"proxy": section_proxy, "workers": section_workers, "clients": section_clients,
-            "login": section_login, "storm": section_storm, "memory": section_memory}
+SECTIONS = {
+    "proxy": section_proxy,
+    "workers": section_workers,
+    "clients": section_clients,
+    "login": section_login,
+    "storm": section_storm,
+    "memory": section_memory,
+}
 
 
 def main() -> None:
     global DURATION
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("sections", nargs="*", choices=[*SECTIONS, []], default=[])
     parser.add_argument("--duration", type=int, default=DURATION, help="seconds per wrk run")
     parser.add_argument("--sessions", type=int, default=100_000, help="sessions for the memory section")
@@ -387,8 +471,10 @@ def main() -> None:
     DURATION = args.duration
     chosen = args.sections or list(SECTIONS)
     results: dict[str, Any] = {}
-    log(f"bff benchmarks - {time.strftime('%Y-%m-%d %H:%M:%S')} - {os.cpu_count()} CPUs - sections: "
-        f"{', '.join(chosen)}")
+    log(
+        f"bff benchmarks - {time.strftime('%Y-%m-%d %H:%M:%S')} - {os.cpu_count()} CPUs - sections: "
+        f"{', '.join(chosen)}"
+    )
     with Stack() as stack:
         for name in chosen:
             if name == "memory":

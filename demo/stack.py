@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -191,10 +192,33 @@ def _port_open(port: int) -> bool:
     return False
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(taken: set[int] | None = None) -> int:
+    """A port nothing listens on, below the kernel's ephemeral range: a port the kernel
+    hands out (bind to 0) may be taken by any outgoing connection before a slow starter
+    such as Keycloak binds it."""
+    taken = taken if taken is not None else set()
+    low = _ephemeral_range()[0]
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, low if low > 21000 else 30000)
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    raise StackError("no free port found")
 
 
 def _child_env(extra: Mapping[str, str]) -> dict[str, str]:
@@ -352,6 +376,9 @@ class Stack:
 
     def start(self, progress: Callable[[str], None] = lambda _msg: None) -> None:
         """Start everything, or nothing: on any failure whatever started is stopped again."""
+        busy = [f"{name} port {port}" for name, port in self.config.ports.items() if _port_open(port)]
+        if busy:
+            raise StackError(f"already in use: {', '.join(busy)} (is the demo already running?)")
         try:
             # Keycloak is the slow one: start it first, the others while it boots.
             for make in (self._keycloak, self._redis, self._api):
@@ -445,6 +472,9 @@ def main() -> None:
             stopping = True
             raise KeyboardInterrupt
 
+    # Ctrl-C (SIGINT) and SIGTERM stop the stack; set explicitly, since a shell starting
+    # this in the background may have made the process ignore SIGINT.
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     print(f"demo: starting Redis, Keycloak {KEYCLOAK_VERSION}, the sample API and the BFF", flush=True)
     try:
@@ -469,11 +499,12 @@ def main() -> None:
 
 def config_for_tests(log_dir: Path, **overrides: str) -> StackConfig:
     """Free ports for everything, so a running demo does not get in the way."""
+    taken: set[int] = set()
     return StackConfig(
-        bff_port=free_port(),
-        keycloak_port=free_port(),
-        api_port=free_port(),
-        redis_port=free_port(),
+        bff_port=free_port(taken),
+        keycloak_port=free_port(taken),
+        api_port=free_port(taken),
+        redis_port=free_port(taken),
         bff_overrides=dict(overrides),
         api_debug=True,
         log_dir=log_dir,
