@@ -195,6 +195,8 @@ class Proxy:
         try:
             status = await self._forward(route, scope, receive, send)
         except BFFError as exc:
+            if exc.status >= 500:  # the same warning the other endpoints log for their 5xx
+                log.warning("request failed", extra={"code": exc.code, "route": route.config.prefix})
             await self._respond(send, *_json(exc.status, exc.code, exc.message))
             status = exc.status
         self._count(route, status)
