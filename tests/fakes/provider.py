@@ -54,6 +54,20 @@ USERS: dict[str, dict[str, Any]] = {
     },
 }
 
+# More users for load and soak runs (scripts/soak.py): user01 .. user20.
+USERS.update(
+    {
+        f"user{i:02d}": {
+            "sub": f"user-user{i:02d}-{1000 + i:04d}",
+            "name": f"User {i:02d} Example",
+            "email": f"user{i:02d}@example.com",
+            "email_verified": True,
+            "preferred_username": f"user{i:02d}",
+        }
+        for i in range(1, 21)
+    }
+)
+
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
