@@ -134,7 +134,7 @@ class Settings:
     max_sessions_per_user: int = 0
     id_token_algs: tuple[str, ...] = ASYMMETRIC_ALGS
     revoke_on_logout: bool = True
-    fetch_userinfo: bool = False
+    fetch_userinfo: Literal["auto", "true", "false"] = "auto"
     insecure_allow_http: bool = False
     trusted_proxies: tuple[str, ...] = ()
     content_security_policy: str = (
@@ -481,7 +481,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_pending_logins=r.integer("BFF_MAX_PENDING_LOGINS", 10, minimum=1),
         max_sessions_per_user=r.integer("BFF_MAX_SESSIONS_PER_USER", 0, minimum=0),
         revoke_on_logout=r.boolean("BFF_REVOKE_ON_LOGOUT", True),
-        fetch_userinfo=r.boolean("BFF_FETCH_USERINFO", False),
+        fetch_userinfo=r.choice("BFF_FETCH_USERINFO", "auto", ("auto", "true", "false")),
         max_body_size=r.integer("BFF_MAX_BODY_SIZE", 65536, minimum=1024),
         max_header_size=r.integer("BFF_MAX_HEADER_SIZE", 32768, minimum=1024),
         log_format=r.choice("BFF_LOG_FORMAT", "json", ("json", "text")),

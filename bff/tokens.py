@@ -49,7 +49,20 @@ class TokenManager:
         self._inflight: dict[str, asyncio.Future[Session]] = {}
 
     def is_fresh(self, session: Session) -> bool:
-        return session.access_expires_at == 0 or session.access_expires_at - self.skew > self.clock()
+        """Usable without a refresh: not within the skew of its expiry.
+
+        Without a refresh token there is nothing to gain by giving up early, so the token is
+        used until it really expires; and a skew as long as the token's whole lifetime would
+        refresh on every call, so it is capped at half the lifetime.
+        """
+        if session.access_expires_at == 0:
+            return True
+        skew = self.skew
+        if not session.refresh_token:
+            skew = 0
+        elif session.access_lifetime and skew >= session.access_lifetime:
+            skew = session.access_lifetime // 2
+        return session.access_expires_at - skew > self.clock()
 
     async def access_token(self, session: Session) -> str:
         """The session's access token, refreshed first when it expires within the skew."""
@@ -157,6 +170,7 @@ class TokenManager:
             tokens.expires_at,
             tokens.refresh_token or session.refresh_token,
             id_token,
+            tokens.lifetime,
         )
 
     async def _end(self, session: Session, why: str) -> None:

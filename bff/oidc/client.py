@@ -34,6 +34,7 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 class TokenResponse:
     access_token: str
     expires_at: int  # 0 when the IdP did not say
+    lifetime: int  # expires_in as given (0 when absent)
     refresh_token: str | None
     id_token: str | None
     scope: str | None
@@ -220,16 +221,18 @@ class OIDCClient:
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
             raise TokenError("invalid_response", f"unsupported token_type {token_type!r}")
         expires_in = data.get("expires_in")
-        expires_at = 0
+        expires_at = lifetime = 0
         numeric = isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
         if numeric or (isinstance(expires_in, str) and expires_in.isdigit()):
-            expires_at = int(time.time()) + int(expires_in)  # type: ignore[arg-type]
+            lifetime = max(int(expires_in), 0)  # type: ignore[arg-type]
+            expires_at = int(time.time()) + lifetime
         refresh_token = data.get("refresh_token")
         id_token = data.get("id_token")
         scope = data.get("scope")
         return TokenResponse(
             access_token=access_token,
             expires_at=expires_at,
+            lifetime=lifetime,
             refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
             id_token=id_token if isinstance(id_token, str) and id_token else None,
             scope=scope if isinstance(scope, str) else None,

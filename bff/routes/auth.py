@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
@@ -26,7 +27,7 @@ from ..security.csrf import check_csrf
 from ..security.redirects import safe_return_to
 from ..services import Services
 from ..session.models import LoginTransaction, Session, logout_sid, new_session_id
-from .common import client_ip, current_session, services
+from .common import client_ip, current_session, revoke_tokens, services
 from .sessions import user_agent_summary
 
 audit = logging.getLogger("bff.audit")
@@ -123,11 +124,14 @@ async def callback(request: Request) -> Response:
             nonce=tx.nonce,
             access_token=tokens.access_token,
         )
-        userinfo = None
-        if svc.settings.fetch_userinfo:
-            userinfo = await svc.client.userinfo(tokens.access_token, claims["sub"])
     except OIDCError as exc:
         raise _fail(svc, exc.code, f"The ID token was refused: {exc.message}.") from exc
+    userinfo = await _userinfo(svc, tokens.access_token, claims)
+    if tokens.refresh_token is None and "offline_access" in svc.settings.scopes:
+        log.warning(
+            "offline_access was requested but the IdP issued no refresh token; API access "
+            "ends when the access token expires (see BFF_SCOPES in docs/configuration.md)"
+        )
 
     now = int(svc.clock())
     # Session fixation: whatever session this browser had is ended; the new id is fresh.
@@ -140,6 +144,7 @@ async def callback(request: Request) -> Response:
         id_token=tokens.id_token,
         access_token=tokens.access_token,
         access_expires_at=tokens.expires_at,
+        access_lifetime=tokens.lifetime,
         refresh_token=tokens.refresh_token,
         created_at=now,
         expires_at=now + svc.settings.session_absolute_timeout,
@@ -152,6 +157,8 @@ async def callback(request: Request) -> Response:
     ended = await svc.store.create(session, svc.settings.max_sessions_per_user)
     for old in ended:
         svc.metrics.logouts.labels("session_limit").inc()
+        if old.idp_sid is None or old.idp_sid != session.idp_sid:  # a shared grant stays alive
+            await revoke_tokens(svc, old)
         audit.info(
             "session ended", extra={"event": "session_ended", "reason": "session limit", "sub": old.sub}
         )
@@ -160,14 +167,34 @@ async def callback(request: Request) -> Response:
     return _redirect(svc.settings.public_url + tx.return_to, svc.cookies.set_session(session.id))
 
 
-async def _revoke(svc: Services, session: Session) -> None:
-    if not svc.settings.revoke_on_logout or not session.refresh_token:
-        return
+# Claims that show a scope's answer made it into the ID token (OIDC Core §5.4).
+_SCOPE_CLAIMS = {
+    "profile": ("name", "preferred_username", "given_name", "family_name", "nickname"),
+    "email": ("email",),
+}
+
+
+async def _userinfo(svc: Services, access_token: str, claims: dict[str, Any]) -> dict[str, Any] | None:
+    """UserInfo claims when configured, or (auto) when the ID token lacks the requested profile
+    or email claims: OIDC Core lets an IdP return those only from UserInfo."""
+    mode = svc.settings.fetch_userinfo
+    if mode == "false":
+        return None
+    if mode == "auto":
+        missing = [
+            s
+            for s in svc.settings.scopes
+            if s in _SCOPE_CLAIMS and not any(c in claims for c in _SCOPE_CLAIMS[s])
+        ]
+        if not missing or (await svc.provider.metadata()).userinfo_endpoint is None:
+            return None
     try:
-        await svc.client.revoke(session.refresh_token, "refresh_token")
-    except (IdPUnavailable, TokenError, OIDCError) as exc:
-        # The local session is gone already; the refresh token dies with its IdP session.
-        log.warning("refresh token revocation failed", extra={"error": str(exc)})
+        return await svc.client.userinfo(access_token, claims["sub"]) or None
+    except OIDCError as exc:
+        if mode == "true" or exc.code == "userinfo_sub":
+            raise _fail(svc, exc.code, f"The UserInfo answer was refused: {exc.message}.") from exc
+        log.warning("UserInfo failed; showing the ID token's claims only", extra={"reason": exc.code})
+        return None
 
 
 async def logout(request: Request) -> Response:
@@ -188,7 +215,7 @@ async def logout(request: Request) -> Response:
     await svc.store.delete(session.id)
     svc.metrics.logouts.labels("logout").inc()
     audit.info("logout", extra={"event": "logout", "sub": session.sub})
-    await _revoke(svc, session)
+    await revoke_tokens(svc, session)
     try:
         url = await svc.client.end_session_url(session.id_token, post_logout)
     except (IdPUnavailable, OIDCError):

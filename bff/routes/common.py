@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from starlette.requests import Request
 
-from ..errors import NotAuthenticated
+from ..errors import IdPUnavailable, NotAuthenticated
+from ..oidc.errors import OIDCError, TokenError
 from ..security.csrf import check_csrf
 from ..services import Services
 from ..session.models import Session
@@ -37,3 +40,19 @@ async def require_session(request: Request) -> Session:
     if session is None:
         raise NotAuthenticated()
     return session
+
+
+async def revoke_tokens(svc: Services, session: Session) -> None:
+    """Revoke an ended session's refresh token (or, without one, its access token) at the
+    IdP (RFC 7009), best effort: the local session is gone already either way."""
+    if not svc.settings.revoke_on_logout:
+        return
+    token, hint = (
+        (session.refresh_token, "refresh_token")
+        if session.refresh_token
+        else (session.access_token, "access_token")
+    )
+    try:
+        await svc.client.revoke(token, hint)
+    except (IdPUnavailable, TokenError, OIDCError) as exc:
+        logging.getLogger("bff.auth").warning("token revocation failed", extra={"error": str(exc)})

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import NotFound
 from ..session.models import Session, public_handle
-from .common import require_session, services
+from .common import require_session, revoke_tokens, services
 
 audit = logging.getLogger("bff.audit")
 
@@ -81,6 +81,9 @@ async def end_session(request: Request) -> Response:
         if public_handle(s.id) == handle:
             await svc.store.delete(s.id)
             svc.metrics.logouts.labels("ended_by_user").inc()
+            # Sessions of one IdP session share a grant: revoking would end the caller's too.
+            if s.id == current.id or s.idp_sid is None or s.idp_sid != current.idp_sid:
+                await revoke_tokens(svc, s)
             audit.info(
                 "session ended", extra={"event": "session_ended", "reason": "ended by user", "sub": s.sub}
             )
@@ -100,6 +103,7 @@ async def end_all_sessions(request: Request) -> Response:
     for s in mine:
         await svc.store.delete(s.id)
         svc.metrics.logouts.labels("ended_everywhere").inc()
+        await revoke_tokens(svc, s)
     audit.info(
         "all sessions ended",
         extra={

@@ -66,6 +66,7 @@ class Session:
     user_agent: str = ""
     ip: str = ""
     userinfo: dict[str, Any] | None = None
+    access_lifetime: int = 0  # the access token's expires_in, 0 when unknown
     _claims: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:  # never print tokens
@@ -89,11 +90,13 @@ class Session:
         access_expires_at: int,
         refresh_token: str | None,
         id_token: str | None,
+        access_lifetime: int = 0,
     ) -> Session:
         return replace(
             self,
             access_token=access_token,
             access_expires_at=access_expires_at,
+            access_lifetime=access_lifetime,
             refresh_token=refresh_token,
             id_token=id_token or self.id_token,
             _claims=None,
@@ -118,6 +121,8 @@ class Session:
             body["p"] = self.ip
         if self.userinfo:
             body["n"] = self.userinfo
+        if self.access_lifetime:
+            body["l"] = self.access_lifetime
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
@@ -137,6 +142,7 @@ class Session:
             user_agent=body.get("u", ""),
             ip=body.get("p", ""),
             userinfo=body.get("n"),
+            access_lifetime=body.get("l", 0),
         )
 
 

@@ -19,6 +19,7 @@ whenever an index is read, so no caller ever sees a dead session.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from typing import Any, cast
@@ -30,7 +31,7 @@ from redis.asyncio.lock import Lock
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import LockError, RedisClusterException, RedisError
+from redis.exceptions import ClusterDownError, LockError, RedisClusterException, RedisError
 
 from ..errors import StoreUnavailable
 from .crypto import DecryptionError, RecordCipher
@@ -86,6 +87,11 @@ POOL_TIMEOUT = 5.0  # seconds a request waits for a free connection before 503
 def _retry() -> Retry:
     # One quick retry covers a dropped idle connection; more would only delay a 503.
     return Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=1)
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """The master found through the sentinels, in a pool that waits for a free connection
+    (``timeout``) instead of raising "Too many connections" under a burst."""
 
 
 def _nodes(hostlist: str, default_port: int) -> list[tuple[str, int]]:
@@ -154,12 +160,24 @@ def connect(url: str) -> Client:
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             _nodes(hostlist, 26379), sentinel_kwargs=sentinel_kwargs, ssl=ssl, **_COMMON
         )
-        return cast(Client, sentinel.master_for(service, db=db, retry=_retry(), **auth))
+        client = sentinel.master_for(
+            service,
+            connection_pool_class=_BlockingSentinelPool,
+            max_connections=MAX_CONNECTIONS,
+            timeout=POOL_TIMEOUT,
+            db=db,
+            retry=_retry(),
+            **auth,
+        )
+        return cast(Client, client)
     if scheme.endswith("+cluster"):
         return RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in _nodes(hostlist, 6379)],
             ssl=ssl,
             retry=_retry(),
+            # Per node. RedisStore lets at most MAX_CONNECTIONS operations run at once; the
+            # rest is headroom for the refresh locks, which take connections of their own.
+            max_connections=2 * MAX_CONNECTIONS,
             socket_connect_timeout=2.0,
             socket_timeout=5.0,
             **auth,
@@ -203,6 +221,10 @@ class RedisStore(SessionStore):
         self.cipher = cipher
         self._touch = client.register_script(_TOUCH)
         self._update = client.register_script(_UPDATE)
+        # RedisCluster's per-node pools cannot wait for a free connection: past
+        # max_connections they raise at once. Operations wait here instead, like the
+        # blocking pools of the other clients.
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS) if isinstance(client, RedisCluster) else None
 
     # --- helpers --------------------------------------------------------------------
     @staticmethod
@@ -221,11 +243,30 @@ class RedisStore(SessionStore):
             return None  # unreadable (retired key, corrupt): treated as no session
 
     async def _guard(self, coro: Any) -> Any:
+        """Run one store operation (never nested); any Redis failure becomes StoreUnavailable."""
+        if self._slots is not None:
+            try:
+                await self._take_slot(self._slots)
+            except TimeoutError:
+                coro.close()
+                self.on_error()
+                raise StoreUnavailable() from None
         try:
             return await coro
         except _UNAVAILABLE as exc:
             self.on_error()
             raise StoreUnavailable() from exc
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+
+    @staticmethod
+    async def _take_slot(slots: asyncio.Semaphore) -> None:
+        if not slots.locked():
+            await slots.acquire()  # the usual case: no wait, no timer
+            return
+        async with asyncio.timeout(POOL_TIMEOUT):
+            await slots.acquire()
 
     async def _index_add(self, key: str, session: Session) -> None:
         pipe = self.r.pipeline(transaction=False)
@@ -278,7 +319,7 @@ class RedisStore(SessionStore):
                 mine = [s for s in await self._live_members(ukey) if s.id != session.id]
                 while len(mine) + 1 > max_per_user and mine:
                     oldest = mine.pop(0)
-                    if await self.delete(oldest.id) is not None:
+                    if await self._delete(oldest.id) is not None:
                         ended.append(oldest)
             return ended
 
@@ -306,7 +347,10 @@ class RedisStore(SessionStore):
         return bool(done)
 
     async def delete(self, session_id: str) -> Session | None:
-        raw = await self._guard(self.r.getdel(self._skey(session_id)))
+        return cast(Session | None, await self._guard(self._delete(session_id)))
+
+    async def _delete(self, session_id: str) -> Session | None:
+        raw = cast(bytes | None, await self.r.getdel(self._skey(session_id)))
         if not raw:
             return None
         session = self._decode(session_id, raw)
@@ -317,7 +361,7 @@ class RedisStore(SessionStore):
         pipe.zrem(f"bff:u:{_h(session.sub)}", session_id)
         if session.idp_sid:
             pipe.zrem(f"bff:d:{_h(session.idp_sid)}", session_id)
-        await self._guard(pipe.execute())
+        await pipe.execute()
         return session
 
     async def sessions_of(self, sub: str) -> list[Session]:
@@ -376,7 +420,16 @@ class RedisStore(SessionStore):
         return cast(int, await self._guard(run()))
 
     async def ping(self) -> None:
-        await self._guard(self.r.ping())
+        async def run() -> None:
+            await self.r.ping()
+            if isinstance(self.r, RedisCluster):
+                # Every reachable node answers PING even when the cluster has failed (a master
+                # is gone and its slots are not served): ready only when the cluster says ok.
+                state = (await self.r.cluster_info()).get("cluster_state")
+                if state != "ok":
+                    raise ClusterDownError(f"cluster_state:{state}")
+
+        await self._guard(run())
 
     async def close(self) -> None:
         pool = getattr(self.r, "connection_pool", None)

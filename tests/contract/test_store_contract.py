@@ -29,16 +29,23 @@ class Clock:
         self.now += seconds
 
 
-def make_store(kind: str, clock: Clock, redis_url: str) -> SessionStore:
-    if kind == "memory":
+def make_store(url: str | None, clock: Clock) -> SessionStore:
+    """The memory store for ``None``, else a RedisStore on that BFF_REDIS_URL."""
+    if url is None:
         return MemoryStore(IDLE, clock)
-    return RedisStore(connect(redis_url), RecordCipher.from_settings((), ("k" * 32,)), IDLE, clock)
+    return RedisStore(connect(url), RecordCipher.from_settings((), ("k" * 32,)), IDLE, clock)
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def store_and_clock(request, redis_url):
+def store_url(request) -> str | None:
+    """Which store the suite runs against; tests/cluster overrides it with Sentinel and Cluster."""
+    return None if request.param == "memory" else request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+async def store_and_clock(store_url):
     clock = Clock()
-    store = make_store(request.param, clock, redis_url)
+    store = make_store(store_url, clock)
     yield store, clock
     await store.close()
 
@@ -134,6 +141,7 @@ async def test_delete_drops_the_session_from_every_index(store_and_clock):
     store, clock = store_and_clock
     a, b = session(clock), session(clock, idp_sid="s2")
     await store.create(a)
+    clock.advance(0.001)  # "oldest first" needs an order: a frozen clock would tie them
     await store.create(b)
     assert [x.id for x in await store.sessions_of("u1")] == [a.id, b.id]
     assert [x.id for x in await store.sessions_by_idp_sid("s1")] == [a.id]

@@ -94,6 +94,8 @@ class State:
             "refresh_access_ttl": None,  # lifetime of access tokens from a refresh (default: access_ttl)
             "id_ttl": 300,
             "rotate_refresh": True,
+            "issue_refresh_token": True,
+            "claims_in_id_token": True,  # False: profile/email claims only from UserInfo
             "iss_param": True,  # send iss in the authorization response
             "advertise_iss": True,
             "advertise_par": True,
@@ -206,8 +208,9 @@ class State:
             "auth_time": now,
             "sid": sid,
             "at_hash": token_hash(access_token),
-            **{k: v for k, v in user.items() if k != "sub"},
         }
+        if self.config["claims_in_id_token"]:
+            claims.update({k: v for k, v in user.items() if k != "sub"})
         if nonce is not None:
             claims["nonce"] = nonce
         header: dict[str, Any] = {}
@@ -463,7 +466,8 @@ def create_app(issuer: str) -> Starlette:
             "expires_in": ttl,
             "scope": scope,
         }
-        body["refresh_token"] = new_refresh
+        if st.config["issue_refresh_token"]:
+            body["refresh_token"] = new_refresh
         if with_id:
             misbehave = st.config["misbehave"]
             if misbehave != "no_id_token":

@@ -135,3 +135,17 @@ async def test_too_many_pending_logins_in_one_browser_are_refused(make_bff):
     r = await browser.start_login()
     assert r.status_code == 429
     assert r.json()["error"] == "too_many_pending_logins"
+
+
+async def test_userinfo_is_fetched_by_default_when_the_id_token_lacks_profile_claims(make_bff, idp):
+    """Regression (found against oidc-provider): OIDC Core §5.4 lets an IdP put profile and
+    email claims only in UserInfo; the default (auto) fetches them then, and only then."""
+    _, browser = await make_bff()
+    await browser.login()
+    assert idp.stats()["stats"]["userinfo"] == 0  # the ID token had them
+    idp.configure(claims_in_id_token=False)
+    _, other = await make_bff()
+    await other.login()
+    assert idp.stats()["stats"]["userinfo"] == 1
+    claims = (await other.get("/bff/user", csrf=True)).json()["claims"]
+    assert claims["email"] == "alice@example.com" and claims["name"] == "Alice Example"

@@ -225,3 +225,28 @@ async def test_a_login_beyond_the_session_limit_ends_the_oldest_session(make_bff
     assert (await second.get("/bff/user", csrf=True)).status_code == 200
     assert (await third.get("/bff/user", csrf=True)).status_code == 200
     assert len((await third.get("/bff/sessions", csrf=True)).json()["sessions"]) == 2
+
+
+async def test_ending_sessions_from_the_list_revokes_their_refresh_tokens(make_bff, idp):
+    """Regression (found against oidc-provider): ended sessions left live refresh tokens."""
+    app, laptop = await make_bff()
+    phone = await make_bff.new_browser(app)
+    tablet = await make_bff.new_browser(app)
+    for b in (laptop, phone, tablet):
+        await b.login("alice")
+    assert idp.stats()["valid_refresh_tokens"] == 3
+    listed = (await laptop.get("/bff/sessions", csrf=True)).json()["sessions"]
+    other = next(s for s in listed if not s["current"])
+    assert (await laptop.request("DELETE", f"/bff/sessions/{other['id']}", csrf=True)).status_code == 204
+    assert idp.stats()["valid_refresh_tokens"] == 2
+    assert (await laptop.request("DELETE", "/bff/sessions", csrf=True)).status_code == 204
+    assert idp.stats()["valid_refresh_tokens"] == 0
+
+
+async def test_a_session_ended_by_the_limit_has_its_refresh_token_revoked(make_bff, idp):
+    app, first = await make_bff(BFF_MAX_SESSIONS_PER_USER="1")
+    second = await make_bff.new_browser(app)
+    await first.login("alice")
+    await second.login("alice")
+    assert idp.stats()["valid_refresh_tokens"] == 1
+    assert idp.stats()["stats"]["revocation"] == 1

@@ -34,8 +34,8 @@ def two_bffs(idp, redis_url, upstream, tmp_path):
 
 
 async def test_two_processes_share_one_refresh_for_fifty_concurrent_calls(idp, two_bffs):
-    # The login's access token is due at once (30 s < skew); refreshed ones are not.
-    idp.configure(access_ttl=30, refresh_access_ttl=3600)
+    # The login's access token is due at once (expires_in 0); refreshed ones are not.
+    idp.configure(access_ttl=0, refresh_access_ttl=3600)
     a, b = two_bffs
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as client:
         browser = Browser(client, a.url)

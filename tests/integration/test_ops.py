@@ -20,7 +20,7 @@ async def test_health_and_readiness(bff):
 
 
 async def test_metrics_count_logins_refreshes_proxied_calls_and_sessions(make_bff, idp):
-    idp.configure(access_ttl=30)
+    idp.configure(access_ttl=0)
     _, browser = await make_bff(BFF_TOKEN_REFRESH_SKEW="60")
     await browser.login()
     await browser.get("/api/echo", csrf=True)

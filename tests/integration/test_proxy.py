@@ -41,7 +41,7 @@ async def test_proxied_call_without_session_is_401(bff):
 
 
 async def test_expired_access_token_is_refreshed_once_for_fifty_concurrent_calls(make_bff, idp):
-    idp.configure(access_ttl=30, refresh_access_ttl=3600)
+    idp.configure(access_ttl=0, refresh_access_ttl=3600)
     app, browser = await make_bff(BFF_TOKEN_REFRESH_SKEW="60")
     await browser.login()
     before = idp.stats()["stats"]["refresh_token"]
@@ -53,7 +53,7 @@ async def test_expired_access_token_is_refreshed_once_for_fifty_concurrent_calls
 
 
 async def test_invalid_grant_on_refresh_ends_the_session_and_gives_401(make_bff, idp, redis_server):
-    idp.configure(access_ttl=30)
+    idp.configure(access_ttl=0)
     _, browser = await make_bff(BFF_TOKEN_REFRESH_SKEW="60")
     await browser.login()
     idp.end_idp_session("alice")
@@ -65,7 +65,7 @@ async def test_invalid_grant_on_refresh_ends_the_session_and_gives_401(make_bff,
 
 @pytest.mark.parametrize("failure", [{"token_status": 503}, {"token_status": 500}])
 async def test_idp_failing_on_refresh_gives_503_and_keeps_the_session(make_bff, idp, failure):
-    idp.configure(access_ttl=30)
+    idp.configure(access_ttl=0)
     _, browser = await make_bff(BFF_TOKEN_REFRESH_SKEW="60")
     await browser.login()
     idp.configure(**failure)
@@ -77,7 +77,7 @@ async def test_idp_failing_on_refresh_gives_503_and_keeps_the_session(make_bff, 
 
 
 async def test_idp_process_down_on_refresh_gives_503_and_keeps_the_session(make_bff, idp):
-    idp.configure(access_ttl=30)
+    idp.configure(access_ttl=0)
     _, browser = await make_bff(BFF_TOKEN_REFRESH_SKEW="60")
     await browser.login()
     idp.stop()
@@ -90,12 +90,12 @@ async def test_idp_process_down_on_refresh_gives_503_and_keeps_the_session(make_
 
 
 async def test_a_rotated_refresh_token_is_stored_with_the_new_access_token(make_bff, idp):
-    idp.configure(access_ttl=30)
+    idp.configure(access_ttl=0)
     _, browser = await make_bff(BFF_TOKEN_REFRESH_SKEW="60")
     await browser.login()
     first = (await browser.get("/api/echo", csrf=True)).json()["headers"]["authorization"][0]
     second = (await browser.get("/api/echo", csrf=True)).json()["headers"]["authorization"][0]
-    assert first != second  # each call refreshed (skew > lifetime), using the rotated refresh token
+    assert first != second  # each call refreshed (tokens live 0 s), using the rotated refresh token
     assert idp.stats()["valid_refresh_tokens"] == 1
 
 
@@ -221,3 +221,22 @@ async def test_api_calls_are_json_401_never_a_redirect(bff):
     assert r.status_code == 401
     assert r.headers["content-type"].startswith("application/json")
     _ = json
+
+
+async def test_a_skew_longer_than_the_token_lifetime_does_not_refresh_on_every_call(make_bff, idp):
+    """Regression (found against oidc-provider): expires_in 60 with the default skew of 60
+    refreshed on every call; the skew is now capped at half the token's lifetime."""
+    idp.configure(access_ttl=60)
+    _, browser = await make_bff(BFF_TOKEN_REFRESH_SKEW="60")
+    await browser.login()
+    for _ in range(3):
+        assert (await browser.get("/api/echo", csrf=True)).status_code == 200
+    assert idp.stats()["stats"]["refresh_token"] == 0
+
+
+async def test_without_a_refresh_token_the_access_token_is_used_until_it_expires(make_bff, idp):
+    idp.configure(access_ttl=60, issue_refresh_token=False)
+    _, browser = await make_bff(BFF_TOKEN_REFRESH_SKEW="300")
+    await browser.login()
+    assert (await browser.get("/api/echo", csrf=True)).status_code == 200
+    assert (await browser.get("/bff/user", csrf=True)).status_code == 200

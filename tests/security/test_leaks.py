@@ -14,7 +14,7 @@ async def test_no_token_code_or_cookie_in_the_logs_of_login_refresh_and_logout(m
     for name in ("httpx", "httpcore", "aiohttp", "redis"):
         logging.getLogger(name).setLevel(logging.DEBUG)  # the libraries at their most talkative
     try:
-        idp.configure(access_ttl=30)
+        idp.configure(access_ttl=0)
         _, browser = await make_bff(BFF_TOKEN_REFRESH_SKEW="60", BFF_LOG_LEVEL="debug")
         await browser.login()
         assert (await browser.get("/api/echo", csrf=True)).status_code == 200  # refresh + proxy

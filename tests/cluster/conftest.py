@@ -1,0 +1,87 @@
+"""Fixtures for the tests against real Redis Sentinel and Redis Cluster set-ups.
+
+One Sentinel set-up and one Cluster are started per test session, on first use, and
+stopped at the end; every test gets them flushed. Tests that break a set-up (failover)
+start their own with ``sentinel_factory``. Every module here sets ``pytestmark = pytest.mark.cluster``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.redis_ha import ClusterSetup, SentinelSetup
+
+
+@pytest.fixture(scope="session")
+def sentinel_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
+    setup = SentinelSetup(tmp_path_factory.mktemp("sentinel"))
+    try:
+        setup.start()
+        yield setup
+    finally:
+        setup.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSetup]:
+    setup = ClusterSetup(tmp_path_factory.mktemp("cluster"))
+    try:
+        setup.start()
+        yield setup
+    finally:
+        setup.stop()
+
+
+@pytest.fixture
+def sentinel_url(sentinel_setup: SentinelSetup) -> str:
+    sentinel_setup.flush()
+    return sentinel_setup.url
+
+
+@pytest.fixture
+def cluster_url(cluster_setup: ClusterSetup) -> str:
+    cluster_setup.flush()
+    return cluster_setup.url
+
+
+@pytest.fixture(params=["sentinel", "cluster"])
+def ha_url(request: pytest.FixtureRequest) -> str:
+    """A flushed Sentinel or Cluster set-up's BFF_REDIS_URL (the test runs once with each)."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+@pytest.fixture
+def sentinel_factory(tmp_path: Path) -> Iterator[Callable[[], SentinelSetup]]:
+    """A fresh Sentinel set-up of the test's own, for tests that fail it over."""
+    made: list[SentinelSetup] = []
+
+    def factory() -> SentinelSetup:
+        # The master is declared down after 1 s without an answer: a quick failover.
+        setup = SentinelSetup(tmp_path / f"sentinel-{len(made)}", down_after_ms=1000)
+        made.append(setup)
+        setup.start()
+        return setup
+
+    yield factory
+    for setup in made:
+        setup.stop()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., ClusterSetup]]:
+    """A fresh Cluster of the test's own (``node_timeout_ms``, ``persist``), for tests that stop nodes."""
+    made: list[ClusterSetup] = []
+
+    def factory(**options: Any) -> ClusterSetup:
+        setup = ClusterSetup(tmp_path / f"cluster-{len(made)}", **options)
+        made.append(setup)
+        setup.start()
+        return setup
+
+    yield factory
+    for setup in made:
+        setup.stop()
