@@ -340,7 +340,7 @@ def section_login(stack: Stack, results: dict[str, Any]) -> None:
 def section_storm(stack: Stack, results: dict[str, Any], sessions: int = 20, calls: int = 200) -> None:
     log(f"== storm: {calls} concurrent calls on due access tokens, {sessions} sessions, 2 BFF processes")
     stack.provider.reset()
-    stack.provider.configure(access_ttl=30, refresh_access_ttl=3600)
+    stack.provider.configure(access_ttl=0, refresh_access_ttl=3600)
     port_a = free_port()
     public = f"http://127.0.0.1:{port_a}"
     a = stack.bff(port=port_a, public=public, BFF_TOKEN_REFRESH_SKEW="60")
