@@ -393,6 +393,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         )
         if scheme not in valid:
             r.problems.append(f"BFF_REDIS_URL must start with one of {', '.join(s + '://' for s in valid)}")
+        else:
+            from .session.redis_store import check_url  # local import: settings stays light
+
+            try:
+                check_url(redis_url)
+            except ValueError as exc:
+                r.problems.append(f"BFF_REDIS_URL: {exc}")
 
     scopes = tuple((r.raw("BFF_SCOPES") or "openid profile email offline_access").split())
     if "openid" not in scopes:

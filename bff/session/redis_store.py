@@ -93,6 +93,18 @@ class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionP
     """The master found through the sentinels, in a pool that waits for a free connection
     (``timeout``) instead of raising "Too many connections" under a burst."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._discovering = asyncio.Lock()
+
+    async def get_master_address(self) -> Any:
+        # One discovery at a time (each new connection asks the sentinels). redis-py's
+        # Sentinel.discover_master reorders its list of sentinels across an await, so
+        # concurrent calls can duplicate one sentinel in it and lose another for good; and
+        # a burst of new connections would exhaust the sentinels' own connection pools.
+        async with self._discovering:
+            return await super().get_master_address()  # type: ignore[no-untyped-call]
+
 
 def _nodes(hostlist: str, default_port: int) -> list[tuple[str, int]]:
     """``host[:port],[v6::addr]:port,...`` -> [(host, port)]; a missing port is the default."""
@@ -113,6 +125,17 @@ def _nodes(hostlist: str, default_port: int) -> list[tuple[str, int]]:
     if not nodes:
         raise ValueError("the Redis URL names no host")
     return nodes
+
+
+def check_url(url: str) -> None:
+    """Raise ValueError naming what is wrong with a Sentinel or Cluster URL (no I/O)."""
+    parts = urlsplit(url)
+    if parts.scheme.endswith(("+sentinel", "+cluster")):
+        _nodes(parts.netloc.rpartition("@")[2], 26379 if parts.scheme.endswith("+sentinel") else 6379)
+    if parts.scheme.endswith("+sentinel"):
+        path = [p for p in parts.path.split("/") if p]
+        if len(path) > 1 and not path[1].isdigit():
+            raise ValueError(f"invalid database {path[1]!r} in the Redis Sentinel URL")
 
 
 def connect(url: str) -> Client:
@@ -247,10 +270,12 @@ class RedisStore(SessionStore):
         if self._slots is not None:
             try:
                 await self._take_slot(self._slots)
-            except TimeoutError:
+            except BaseException as exc:  # a timeout, or the request was cancelled meanwhile
                 coro.close()
-                self.on_error()
-                raise StoreUnavailable() from None
+                if isinstance(exc, TimeoutError):
+                    self.on_error()
+                    raise StoreUnavailable() from None
+                raise
         try:
             return await coro
         except _UNAVAILABLE as exc:

@@ -1,8 +1,9 @@
 """Fixtures for the tests against real Redis Sentinel and Redis Cluster set-ups.
 
 One Sentinel set-up and one Cluster are started per test session, on first use, and
-stopped at the end; every test gets them flushed. Tests that break a set-up (failover)
-start their own with ``sentinel_factory``. Every module here sets ``pytestmark = pytest.mark.cluster``.
+stopped at the end; every test gets them flushed. Tests that break a set-up (failover, a
+node stopped) or need other settings (passwords) start their own with ``sentinel_factory``
+and ``cluster_factory``. Every module here sets ``pytestmark = pytest.mark.cluster``.
 """
 
 from __future__ import annotations
@@ -55,13 +56,14 @@ def ha_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def sentinel_factory(tmp_path: Path) -> Iterator[Callable[[], SentinelSetup]]:
-    """A fresh Sentinel set-up of the test's own, for tests that fail it over."""
+def sentinel_factory(tmp_path: Path) -> Iterator[Callable[..., SentinelSetup]]:
+    """A fresh Sentinel set-up of the test's own (``password``, ``sentinel_password``), for
+    tests that fail it over or need other settings."""
     made: list[SentinelSetup] = []
 
-    def factory() -> SentinelSetup:
+    def factory(**options: Any) -> SentinelSetup:
         # The master is declared down after 1 s without an answer: a quick failover.
-        setup = SentinelSetup(tmp_path / f"sentinel-{len(made)}", down_after_ms=1000)
+        setup = SentinelSetup(tmp_path / f"sentinel-{len(made)}", **{"down_after_ms": 1000, **options})
         made.append(setup)
         setup.start()
         return setup

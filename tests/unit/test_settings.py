@@ -151,3 +151,16 @@ def test_python_m_bff_without_issuer_prints_one_line_and_exits_non_zero(tmp_path
     ]
     assert "super-secret-value" not in result.stderr + result.stdout
     _ = ROOT
+
+
+@pytest.mark.parametrize(
+    "url,needle",
+    [
+        ("redis+sentinel://h:port/mymaster", "invalid port"),
+        ("redis+sentinel://h:26379/mymaster/zero", "invalid database"),
+        ("redis+cluster://", "names no host"),
+    ],
+)
+def test_a_malformed_sentinel_or_cluster_url_is_one_clear_line(url, needle):
+    found = problems(BFF_REDIS_URL=url)
+    assert len(found) == 1 and found[0].startswith("BFF_REDIS_URL") and needle in found[0], found

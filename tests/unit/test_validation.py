@@ -256,8 +256,12 @@ async def test_logout_token_typ_and_valid_forms():
 def test_discovery_metadata_of_an_https_issuer_must_use_https_endpoints():
     from bff.oidc.provider import ProviderMetadata
 
-    good = {"issuer": ISSUER, "authorization_endpoint": f"{ISSUER}/a", "token_endpoint": f"{ISSUER}/t",
-            "jwks_uri": f"{ISSUER}/j"}
+    good = {
+        "issuer": ISSUER,
+        "authorization_endpoint": f"{ISSUER}/a",
+        "token_endpoint": f"{ISSUER}/t",
+        "jwks_uri": f"{ISSUER}/j",
+    }
     assert ProviderMetadata.parse(good, ISSUER).token_endpoint == f"{ISSUER}/t"
     for name in ("authorization_endpoint", "token_endpoint", "jwks_uri", "end_session_endpoint"):
         with pytest.raises(OIDCError) as info:
