@@ -51,6 +51,7 @@ from tests.support import (  # noqa: E402
 
 DURATION = 10
 CONNECTIONS = 32
+THREADS = int(os.environ.get("BENCH_WRK_THREADS", "1"))
 
 
 def log(text: str = "") -> None:
@@ -71,7 +72,7 @@ def wrk(
     delay_ms: float | None = None,
 ) -> dict[str, float]:
     """Run wrk; return rps, p50, p99 (ms) and the request count."""
-    args = ["wrk", "-t2", f"-c{connections}", f"-d{duration or DURATION}s", "--latency"]
+    args = ["wrk", f"-t{THREADS}", f"-c{connections}", f"-d{duration or DURATION}s", "--latency"]
     for k, v in (headers or {}).items():
         args += ["-H", f"{k}: {v}"]
     script = None
@@ -148,7 +149,6 @@ class Stack:
             public,
             BFF_API_ROUTES=f"/api={self.upstream.url}",
             BFF_PORT=str(port),
-            BFF_LOG_LEVEL="warning",
             **extra,
         )
         proc = BffProc(env)

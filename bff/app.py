@@ -194,7 +194,7 @@ def create_app(
     )
     router.state.services = services
     bff = BFFApp(services, proxy, router, None)  # type: ignore[arg-type]
-    bff.edge = Edge(bff.dispatch, settings, metrics)
+    bff.edge = Edge(bff.dispatch, settings, metrics, lambda path: proxy.match(path) is not None)
     app_ref.append(bff)
     return bff
 

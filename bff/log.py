@@ -7,11 +7,16 @@ carries security events (login, logout, session ended and why, refresh failures)
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import re
 import sys
+import threading
 import time
+from collections import deque
 from typing import Any
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
@@ -100,19 +105,118 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class _HandOver(logging.handlers.QueueHandler):
+    """Hands each record to the writer thread untouched: formatting, redaction and the
+    write to the stream happen there, off the event loop."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+class _AccessLines:
+    """Access lines collect in a buffer that a thread writes out every 50 ms: waking a
+    writer for each line would cost the event loop a GIL hand-over per request."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.lines: deque[str] = deque()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="bff-access-log", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(0.05):
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            if not self.lines:
+                return
+            batch = []
+            while self.lines:
+                batch.append(self.lines.popleft())
+            self.stream.write("".join(batch))
+            self.stream.flush()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.flush()
+
+
+_listener: logging.handlers.QueueListener | None = None
+_access: _AccessLines | None = None
+_access_json = True
+
+
+def access(method: str, path: str, status: int, ms: float, request_id: str, client: str) -> None:
+    """One line per request (logger name ``bff.access``), built here without the logging
+    machinery, which would cost the hot path far more than the line itself."""
+    sink = _access
+    if sink is None:
+        return
+    path = redact(path)
+    now = time.time()
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    if _access_json:
+        line = (
+            f'{{"ts":"{ts}","level":"info","logger":"bff.access","msg":"request","method":'
+            f'{json.dumps(method)},"path":{json.dumps(path)},"status":{status},"ms":{ms},'
+            f'"request_id":{json.dumps(request_id)},"client":{json.dumps(client)}}}\n'
+        )
+    else:
+        line = (
+            f"{ts} INFO    bff.access: request [method={method} path={path} status={status} ms={ms} "
+            f"request_id={request_id} client={client}]\n"
+        )
+    sink.lines.append(line)
+
+
+def flush() -> None:
+    """Write out everything logged so far."""
+    if _listener is not None:
+        _listener.queue.join()  # type: ignore[attr-defined]
+    if _access is not None:
+        _access.flush()
+
+
+def _stop() -> None:
+    global _listener, _access
+    if _access is not None:
+        _access.stop()
+        _access = None
+    if _listener is not None:
+        _listener.queue.join()  # type: ignore[attr-defined]
+        _listener.stop()
+        _listener = None
+
+
 def setup_logging(fmt: str = "json", level: str = "INFO", stream: Any = None) -> None:
-    """Configure the root logger once: one handler, the redaction filter, quiet libraries."""
+    """Configure the root logger: records go through a queue to one writer thread, whose
+    handler carries the redaction filter; libraries are quieted."""
+    global _listener, _access, _access_json
+    _stop()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RedactionFilter())
+    records: queue.Queue[Any] = queue.Queue()
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler)
+    root.addHandler(_HandOver(records))
     root.setLevel(level)
+    _listener = logging.handlers.QueueListener(records, handler)
+    _listener.start()
+    _access_json = fmt == "json"
+    if logging.getLogger("bff.access").isEnabledFor(logging.INFO):
+        _access = _AccessLines(handler.stream)
     # httpx logs every request URL at INFO; uvicorn's access log duplicates ours.
     for name in ("httpx", "httpcore", "uvicorn.access", "hpack"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
+
+
+atexit.register(_stop)

@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import logging
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .error_handlers import json_error
 from .errors import BFFError, HeadersTooLarge, PayloadTooLarge
+from .log import access
 from .metrics import Metrics
-from .security.csrf import check_cross_site
+from .security.csrf import refuse_cross_site
 from .settings import Settings
 
-access_log = logging.getLogger("bff.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 # Cross-site requests are expected here: the IdP redirects the browser to the callback
@@ -60,13 +59,15 @@ class TrustedProxies:
 
 
 class Edge:
-    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, settings: Settings, metrics: Metrics, is_api: Callable[[str], bool]
+    ) -> None:
         self.app = app
+        self.is_api = is_api  # the proxy's own route matching
         self.origin = settings.public_url
         self.max_header = settings.max_header_size
         self.max_body = settings.max_body_size
         self.proxies = TrustedProxies(settings.trusted_proxies)
-        self.api_prefixes = tuple(r.prefix for r in settings.api_routes)
         spa_headers = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
         csp = settings.content_security_policy
         if settings.frame_ancestors and "frame-ancestors" not in csp:
@@ -90,69 +91,71 @@ class Edge:
         self._rid_prefix = secrets.token_hex(4) + "-"
         self._rid_counter = itertools.count(1)
 
-    def _is_api(self, path: str) -> bool:
-        for prefix in self.api_prefixes:
-            if path == prefix or path.startswith(prefix + "/") or path.startswith(prefix + "?"):
-                return True
-        return False
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         path: str = scope["path"]
-        headers = Headers(scope=scope)
-        rid = headers.get("x-request-id", "")
-        if not _REQUEST_ID.match(rid):
+        # One pass over the raw headers (ASGI names are lower-case): this runs on every request.
+        size = 0
+        rid = fetch_site = origin = content_length = None
+        for k, v in scope["headers"]:
+            size += len(k) + len(v) + 4
+            if k == b"x-request-id":
+                rid = v.decode("latin-1")
+            elif k == b"sec-fetch-site":
+                fetch_site = v.decode("latin-1")
+            elif k == b"origin":
+                origin = v.decode("latin-1")
+            elif k == b"content-length":
+                content_length = v
+        if rid is None or not _REQUEST_ID.match(rid):
             rid = f"{self._rid_prefix}{next(self._rid_counter):x}"
         state = scope.setdefault("state", {})
         state["request_id"] = rid
-        state["client_ip"] = self.proxies.client_ip(scope)
+        client = state["client_ip"] = self.proxies.client_ip(scope)
         is_bff = path == "/bff" or path.startswith("/bff/")
-        is_api = not is_bff and self._is_api(path)
+        is_api = not is_bff and self.is_api(path)
         extra = self.bff_headers if is_bff else self.api_headers if is_api else self.spa_headers
         status_holder = [500]
+        rid_header = (b"x-request-id", rid.encode("latin-1"))
+        if is_api:  # the proxy adds these itself: no send wrapper on the hot path
+            state["response_headers"] = (*extra, rid_header)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder[0] = message["status"]
-                raw = list(message.get("headers", []))
+                raw = list(message.get("headers", ()))
                 present = {k.lower() for k, _ in raw}
-                raw.extend((k, v) for k, v in extra if k not in present)
-                raw.append((b"x-request-id", rid.encode()))
-                message = {**message, "headers": raw}
+                raw.extend([h for h in extra if h[0] not in present])
+                raw.append(rid_header)
+                message["headers"] = raw
             await send(message)
 
         try:
-            self._check_limits(scope)
-            if is_bff and int(headers.get("content-length") or 0) > self.max_body:
+            if size > self.max_header:
+                raise HeadersTooLarge(f"Request headers exceed {self.max_header} bytes.")
+            if (
+                is_bff
+                and content_length is not None
+                and content_length.isdigit()
+                and int(content_length) > self.max_body
+            ):
                 raise PayloadTooLarge(f"Request bodies to /bff are limited to {self.max_body} bytes.")
             if (is_bff and path not in CROSS_SITE_ALLOWED) or is_api:
-                check_cross_site(headers, self.origin)
-            inner_receive = self._limited(receive) if is_bff else receive
-            await self.app(scope, inner_receive, send_wrapper)
+                refuse_cross_site(fetch_site, origin, self.origin)
+            if is_api:
+                await self.app(scope, receive, send)
+            else:
+                await self.app(scope, self._limited(receive) if is_bff else receive, send_wrapper)
         except BFFError as exc:
             response = json_error(exc)
             await response(scope, receive, send_wrapper)
         finally:
             elapsed = (time.perf_counter() - started) * 1000
-            access_log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": path,
-                    "status": status_holder[0],
-                    "ms": round(elapsed, 2),
-                    "request_id": rid,
-                    "client": state["client_ip"],
-                },
-            )
-
-    def _check_limits(self, scope: Scope) -> None:
-        size = sum(len(k) + len(v) + 4 for k, v in scope["headers"])
-        if size > self.max_header:
-            raise HeadersTooLarge(f"Request headers exceed {self.max_header} bytes.")
+            status = state.get("status") or status_holder[0]
+            access(scope["method"], path, status, round(elapsed, 2), rid, client)
 
     def _limited(self, receive: Receive) -> Receive:
         limit = self.max_body

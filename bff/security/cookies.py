@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from http.cookies import SimpleCookie
+from typing import Any
 
-from itsdangerous import BadSignature, Signer
+from itsdangerous import BadSignature, Signer, want_bytes
 
 from ..settings import Settings
 
@@ -20,10 +21,26 @@ _SESSION_SALT = "bff.session"
 _LOGIN_SALT = "bff.login-binding"
 
 
+class _Signer(Signer):
+    """itsdangerous derives the HMAC key from the secret on every call; it never changes,
+    so derive it once per key (this runs on every proxied request)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._derived: dict[bytes, bytes] = {}
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        raw = want_bytes(secret_key if secret_key is not None else self.secret_keys[-1])
+        key = self._derived.get(raw)
+        if key is None:
+            key = self._derived[raw] = super().derive_key(secret_key)
+        return key
+
+
 class CookieCodec:
     def __init__(self, secret_keys: tuple[str, ...], salt: str) -> None:
         # itsdangerous signs with the *last* key and verifies with all of them.
-        self._signer = Signer(list(reversed(secret_keys)), salt=salt, digest_method=hashlib.sha256)
+        self._signer = _Signer(list(reversed(secret_keys)), salt=salt, digest_method=hashlib.sha256)
 
     def encode(self, value: str) -> str:
         return self._signer.sign(value).decode()

@@ -18,11 +18,10 @@ from starlette.datastructures import Headers
 from ..errors import CsrfRejected
 
 
-def check_cross_site(headers: Headers, own_origin: str) -> None:
-    """Layers 2 and 3 (used for every /bff endpoint a browser may reach, and /api)."""
-    if headers.get("sec-fetch-site", "").lower() == "cross-site":
+def refuse_cross_site(sec_fetch_site: str | None, origin: str | None, own_origin: str) -> None:
+    """Layers 2 and 3 (for every /bff endpoint a browser may reach, and the API routes)."""
+    if sec_fetch_site is not None and sec_fetch_site.lower() == "cross-site":
         raise CsrfRejected("Cross-site requests are refused (Sec-Fetch-Site: cross-site).")
-    origin = headers.get("origin")
     if origin is not None and origin != own_origin:
         raise CsrfRejected("Requests from another origin are refused.")
 
@@ -31,4 +30,4 @@ def check_csrf(headers: Headers, own_origin: str) -> None:
     """All three layers: for every call made by the SPA's JavaScript."""
     if headers.get("x-csrf") != "1":
         raise CsrfRejected()
-    check_cross_site(headers, own_origin)
+    refuse_cross_site(headers.get("sec-fetch-site"), headers.get("origin"), own_origin)

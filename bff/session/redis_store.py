@@ -71,7 +71,10 @@ return 1
 
 # No health_check_interval: it costs a check on every command, and the one retry below
 # already replaces a connection that died while idle (e.g. across a Redis restart).
-_COMMON: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+# No socket_timeout either: redis-py then wraps every send in asyncio.wait_for (a new task
+# per command); RedisStore._guard bounds each whole operation with OPERATION_TIMEOUT instead.
+_COMMON: dict[str, Any] = {"socket_connect_timeout": 2.0}
+OPERATION_TIMEOUT = 5.0  # seconds one store operation may take before it is a 503
 # A sentinel answers from memory: a slow one is skipped for the next one soon.
 _SENTINEL: dict[str, Any] = {
     "socket_connect_timeout": 1.0,
@@ -151,10 +154,11 @@ def connect(url: str) -> Client:
     parts = urlsplit(url)
     scheme = parts.scheme
     if scheme in ("redis", "rediss", "unix"):
-        # A blocking pool: under a burst, requests wait briefly for a connection instead of
-        # failing with "Too many connections" (redis-py's default pool raises at 100).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT, retry=_retry(), **_COMMON
+        # RedisStore admits MAX_CONNECTIONS operations at once (the rest wait, see _guard);
+        # the pool's headroom is for the refresh locks. A plain pool: redis-py's blocking
+        # pool costs a condition and a timer per command on the hot path.
+        pool = aioredis.ConnectionPool.from_url(
+            url, max_connections=2 * MAX_CONNECTIONS, retry=_retry(), **_COMMON
         )
         return aioredis.Redis.from_pool(pool)  # the client owns (and closes) its pool
     ssl = scheme.startswith("rediss")
@@ -244,10 +248,10 @@ class RedisStore(SessionStore):
         self.cipher = cipher
         self._touch = client.register_script(_TOUCH)
         self._update = client.register_script(_UPDATE)
-        # RedisCluster's per-node pools cannot wait for a free connection: past
-        # max_connections they raise at once. Operations wait here instead, like the
-        # blocking pools of the other clients.
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS) if isinstance(client, RedisCluster) else None
+        # redis-py's non-blocking pools raise at once past max_connections: operations wait
+        # here for a slot instead (up to POOL_TIMEOUT, then 503), which is also cheaper on
+        # the hot path than a blocking pool.
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     # --- helpers --------------------------------------------------------------------
     @staticmethod
@@ -267,23 +271,22 @@ class RedisStore(SessionStore):
 
     async def _guard(self, coro: Any) -> Any:
         """Run one store operation (never nested); any Redis failure becomes StoreUnavailable."""
-        if self._slots is not None:
-            try:
-                await self._take_slot(self._slots)
-            except BaseException as exc:  # a timeout, or the request was cancelled meanwhile
-                coro.close()
-                if isinstance(exc, TimeoutError):
-                    self.on_error()
-                    raise StoreUnavailable() from None
-                raise
         try:
-            return await coro
-        except _UNAVAILABLE as exc:
+            await self._take_slot(self._slots)
+        except BaseException as exc:  # a timeout, or the request was cancelled meanwhile
+            coro.close()
+            if isinstance(exc, TimeoutError):
+                self.on_error()
+                raise StoreUnavailable() from None
+            raise
+        try:
+            async with asyncio.timeout(OPERATION_TIMEOUT):
+                return await coro
+        except (*_UNAVAILABLE, TimeoutError) as exc:
             self.on_error()
             raise StoreUnavailable() from exc
         finally:
-            if self._slots is not None:
-                self._slots.release()
+            self._slots.release()
 
     @staticmethod
     async def _take_slot(slots: asyncio.Semaphore) -> None:

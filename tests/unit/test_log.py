@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from bff.log import redact, setup_logging
+from bff.log import flush, redact, setup_logging
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 
@@ -49,6 +49,7 @@ def test_json_log_lines_are_redacted_including_extras_and_exceptions():
         raise ValueError(f"bad token {JWT}")
     except ValueError:
         log.exception("failed")
+    flush()
     text = stream.getvalue()
     assert "abc123" not in text and JWT not in text
     lines = [json.loads(line) for line in text.splitlines()]
