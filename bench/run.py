@@ -263,11 +263,12 @@ async def _login_loop(bff_url: str, seconds: float, concurrency: int) -> int:
 
     async def worker() -> None:
         nonlocal done
-        async with httpx.AsyncClient(timeout=30) as client:
+        # One client each for the BFF and the provider, as a browser has: making an httpx
+        # client per login (an SSL context each) would cost more than the login itself.
+        async with httpx.AsyncClient(timeout=30) as client, httpx.AsyncClient(timeout=30) as idp:
             while time.monotonic() < deadline:
-                browser = Browser(client, bff_url)
+                browser = Browser(client, bff_url, idp=idp)
                 await browser.login()
-                await browser.aclose()
                 done += 1
 
     await asyncio.gather(*[worker() for _ in range(concurrency)])

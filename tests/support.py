@@ -219,11 +219,13 @@ class Browser:
         public_url: str,
         user_agent: str = "Mozilla/5.0 (X11; Linux "
         "x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36",
+        idp: httpx.AsyncClient | None = None,
     ) -> None:
         self.bff = bff
         self.public_url = public_url
         self.cookies: dict[str, str] = {}
-        self.idp = httpx.AsyncClient(timeout=30)
+        self._own_idp = idp is None
+        self.idp = idp or httpx.AsyncClient(timeout=30)
         self.user_agent = user_agent
         self.last_set_cookies: list[str] = []
 
@@ -275,7 +277,8 @@ class Browser:
         return await self.get(callback)
 
     async def aclose(self) -> None:
-        await self.idp.aclose()
+        if self._own_idp:
+            await self.idp.aclose()
 
 
 def query_of(url: str) -> dict[str, str]:
