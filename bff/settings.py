@@ -500,6 +500,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if csp is not None and ("\r" in csp or "\n" in csp):
         r.problems.append("BFF_CONTENT_SECURITY_POLICY must be one line")
 
+    if store == "memory" and settings_kwargs["workers"] != 1:
+        r.problems.append(
+            "BFF_WORKERS must be 1 with BFF_SESSION_STORE=memory (each process would "
+            "have its own sessions); use redis for several workers"
+        )
     if r.problems:
         raise ConfigError(r.problems)
 

@@ -87,6 +87,7 @@ def test_all_missing_required_settings_are_reported_together():
         ({"BFF_TRUSTED_PROXIES": "not-an-ip"}, "BFF_TRUSTED_PROXIES"),
         ({"BFF_EXTRA_AUTH_PARAMS": "state=x"}, "may not set state"),
         ({"BFF_INSECURE_ALLOW_HTTP": "perhaps"}, "must be true or false"),
+        ({"BFF_SESSION_STORE": "memory", "BFF_WORKERS": "2"}, "BFF_WORKERS must be 1"),
     ],
 )
 def test_an_invalid_value_is_one_clear_line_naming_the_variable(env, needle):
