@@ -513,25 +513,17 @@ def create_app(issuer: str) -> Starlette:
             entry = st.refresh.get(form.get("refresh_token", ""))
             if entry is None or not entry["valid"]:
                 return oauth_error("invalid_grant", "refresh token invalid")
+            body = issue(
+                entry["user"],
+                None,
+                entry["sid"],
+                entry["scope"],
+                st.config["id_token_on_refresh"],
+                refresh=True,
+            )
             if st.config["rotate_refresh"]:
                 entry["valid"] = False
-                body = issue(
-                    entry["user"],
-                    None,
-                    entry["sid"],
-                    entry["scope"],
-                    st.config["id_token_on_refresh"],
-                    refresh=True,
-                )
-            else:
-                body = issue(
-                    entry["user"],
-                    None,
-                    entry["sid"],
-                    entry["scope"],
-                    st.config["id_token_on_refresh"],
-                    refresh=True,
-                )
+            elif "refresh_token" in body:  # no rotation: hand back the same refresh token
                 st.refresh.pop(body["refresh_token"], None)
                 body["refresh_token"] = form["refresh_token"]
             return JSONResponse(body, headers=headers)
