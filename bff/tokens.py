@@ -46,7 +46,7 @@ class TokenManager:
         self.skew = refresh_skew
         self.metrics = metrics
         self.clock = clock
-        self._inflight: dict[str, asyncio.Future[Session]] = {}
+        self._inflight: dict[str, asyncio.Task[Session]] = {}
 
     def is_fresh(self, session: Session) -> bool:
         """Usable without a refresh: not within the skew of its expiry.
@@ -71,20 +71,22 @@ class TokenManager:
         return (await self.fresh_session(session)).access_token
 
     async def fresh_session(self, session: Session) -> Session:
-        future = self._inflight.get(session.id)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._inflight[session.id] = future
-            try:
-                future.set_result(await self._refresh_shared(session))
-            except BaseException as exc:
-                future.set_exception(exc)
-                future.exception()  # mark retrieved: waiters may be none
-                raise
-            finally:
-                self._inflight.pop(session.id, None)
-            return future.result()
-        return await asyncio.shield(future)
+        """The session with a refreshed token; one refresh task per session in this process.
+
+        The refresh runs in a task of its own, so a caller that goes away (a closed
+        browser tab) does not cancel it for the other requests waiting on it.
+        """
+        task = self._inflight.get(session.id)
+        if task is None:
+            task = asyncio.create_task(self._refresh_shared(session))
+            self._inflight[session.id] = task
+            task.add_done_callback(lambda t: self._done(session.id, t))
+        return await asyncio.shield(task)
+
+    def _done(self, session_id: str, task: asyncio.Task[Session]) -> None:
+        self._inflight.pop(session_id, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here: every waiter may have gone away
 
     async def _refresh_shared(self, session: Session) -> Session:
         lock = self.store.lock(f"refresh:{session.id}", LOCK_TIMEOUT)

@@ -240,3 +240,17 @@ async def test_without_a_refresh_token_the_access_token_is_used_until_it_expires
     await browser.login()
     assert (await browser.get("/api/echo", csrf=True)).status_code == 200
     assert (await browser.get("/bff/user", csrf=True)).status_code == 200
+
+
+async def test_a_caller_going_away_does_not_cancel_the_refresh_others_wait_on(make_bff, idp):
+    idp.configure(access_ttl=0, refresh_access_ttl=3600, token_delay=0.5)
+    _, browser = await make_bff()
+    await browser.login()
+    first = asyncio.create_task(browser.get("/api/echo", csrf=True))
+    await asyncio.sleep(0.1)
+    second = asyncio.create_task(browser.get("/api/echo", csrf=True))
+    await asyncio.sleep(0.1)
+    first.cancel()  # the browser tab that started the refresh is closed
+    r = await second
+    assert r.status_code == 200
+    assert idp.stats()["stats"]["refresh_token"] == 1
