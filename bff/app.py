@@ -75,14 +75,34 @@ async def _not_found(request: Request) -> Response:
 
 
 class BFFApp:
-    """The ASGI application, with its services exposed for start-up, shutdown and tests."""
+    """The ASGI application: Edge → the API proxy or the router; its services are exposed
+    for start-up, shutdown and tests."""
 
-    def __init__(self, services: Services, proxy: Proxy, router: Starlette, edge: Edge) -> None:
+    def __init__(self, services: Services, proxy: Proxy, routes: list[Any]) -> None:
         self.services = services
         self.proxy = proxy
-        self.router = router
-        self.edge = edge
+        self.router = Starlette(
+            routes=routes,
+            exception_handlers={
+                BFFError: handle_bff_error,
+                HTTPException: handle_http_exception,
+                Exception: handle_unexpected,
+            },
+            lifespan=self._lifespan,
+        )
+        self.router.state.services = services
+        self.edge = Edge(
+            self.dispatch, services.settings, services.metrics, lambda path: proxy.match(path) is not None
+        )
         self._loader: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()
 
     async def startup(self) -> None:
         await self.proxy.start()
@@ -173,30 +193,7 @@ def create_app(
     if settings.static_dir is not None:
         routes.append(Mount("/", SpaFiles(directory=settings.static_dir, html=True)))
 
-    app_ref: list[BFFApp] = []
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await app_ref[0].startup()
-        try:
-            yield
-        finally:
-            await app_ref[0].shutdown()
-
-    router = Starlette(
-        routes=routes,
-        exception_handlers={
-            BFFError: handle_bff_error,
-            HTTPException: handle_http_exception,
-            Exception: handle_unexpected,
-        },
-        lifespan=lifespan,
-    )
-    router.state.services = services
-    bff = BFFApp(services, proxy, router, None)  # type: ignore[arg-type]
-    bff.edge = Edge(bff.dispatch, settings, metrics, lambda path: proxy.match(path) is not None)
-    app_ref.append(bff)
-    return bff
+    return BFFApp(services, proxy, routes)
 
 
 def app_from_env() -> BFFApp:

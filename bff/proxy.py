@@ -241,14 +241,10 @@ class Proxy:
             out.append(("authorization", f"Bearer {token}"))
         return out
 
-    async def _token(self, route: _Route, scope: Scope) -> str | None:
+    async def _token(self, route: _Route, cookie: bytes) -> str | None:
         policy = route.config.token
         if policy == "none":
             return None
-        cookie = b""
-        for k, v in scope["headers"]:
-            if k == b"cookie":
-                cookie = v if not cookie else cookie + b"; " + v
         session_id = self.svc.cookies.session_id(cookie.decode("latin-1"))
         session = await self.svc.store.load(session_id) if session_id else None
         if session is None:
@@ -258,12 +254,14 @@ class Proxy:
         return await self.svc.tokens.access_token(session)
 
     async def _forward(self, route: _Route, scope: Scope, receive: Receive, send: Send) -> int:
-        csrf = None
-        content_length = None
+        csrf = content_length = None
+        cookie = b""
         chunked = False
-        for k, v in scope["headers"]:
+        for k, v in scope["headers"]:  # one pass for everything this request needs
             if k == b"x-csrf":
                 csrf = v
+            elif k == b"cookie":
+                cookie = v if not cookie else cookie + b"; " + v
             elif k == b"content-length":
                 content_length = v
             elif k == b"transfer-encoding":
@@ -277,7 +275,7 @@ class Proxy:
         query: bytes = scope.get("query_string", b"")
         if query:
             target += "?" + query.decode("latin-1")
-        token = await self._token(route, scope)
+        token = await self._token(route, cookie)
         headers = self._headers(scope, token)
         body: Any = None
         if content_length is not None:

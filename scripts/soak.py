@@ -421,41 +421,34 @@ class Soak:
         await self.get_user(u)
         return True
 
-    async def get_user(self, u: SimUser) -> None:
+    async def xhr(self, kind: str, u: SimUser, path: str) -> tuple[httpx.Response | None, str, str]:
+        """GET ``path`` as the SPA would, on a random BFF: the answer when it is a 200, else
+        None (call() counts every answer; a 401 for a live session is recorded here)."""
         b = self.backend(u.rng)
         r, rid = await self.call(
-            "user",
+            kind,
             u.name,
             b,
-            lambda rid: u.browser.request("GET", f"{b}/bff/user", csrf=True, headers={"x-request-id": rid}),
+            lambda rid: u.browser.request("GET", f"{b}{path}", csrf=True, headers={"x-request-id": rid}),
         )
-        if r is None:
-            return
-        if r.status_code == 401:
-            self.session_answer_401(u, "user", b, rid)
-        elif r.status_code == 200:
+        if r is not None and r.status_code == 401:
+            self.session_answer_401(u, kind, b, rid)
+        if r is None or r.status_code != 200:
+            return None, b, rid
+        return r, b, rid
+
+    async def get_user(self, u: SimUser) -> None:
+        r, b, rid = await self.xhr("user", u, "/bff/user")
+        if r is not None:
             self.stats.checked["user"] += 1
             sub = r.json().get("sub")
             if sub != u.sub:
                 self.mismatch(u, "user", b, rid, sub)
 
     async def api(self, u: SimUser) -> None:
-        b = self.backend(u.rng)
         nonce = f"{u.rng.randrange(16**8):08x}"
-        r, rid = await self.call(
-            "api",
-            u.name,
-            b,
-            lambda rid: u.browser.request(
-                "GET", f"{b}/api/echo?n={nonce}", csrf=True, headers={"x-request-id": rid}
-            ),
-        )
+        r, b, rid = await self.xhr("api", u, f"/api/echo?n={nonce}")
         if r is None:
-            return
-        if r.status_code == 401:
-            self.session_answer_401(u, "api", b, rid)
-            return
-        if r.status_code != 200:
             return
         echo = r.json()
         self.stats.checked["api"] += 1
@@ -478,21 +471,8 @@ class Soak:
             self.anomaly("BFF cookie forwarded to the upstream", u, "api", b, rid, "")
 
     async def list_sessions(self, u: SimUser) -> None:
-        b = self.backend(u.rng)
-        r, rid = await self.call(
-            "sessions",
-            u.name,
-            b,
-            lambda rid: u.browser.request(
-                "GET", f"{b}/bff/sessions", csrf=True, headers={"x-request-id": rid}
-            ),
-        )
+        r, b, rid = await self.xhr("sessions", u, "/bff/sessions")
         if r is None:
-            return
-        if r.status_code == 401:
-            self.session_answer_401(u, "sessions", b, rid)
-            return
-        if r.status_code != 200:
             return
         listed = r.json().get("sessions", [])
         current = sum(1 for s in listed if s.get("current"))

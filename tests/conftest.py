@@ -7,14 +7,20 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from bff.app import BFFApp, create_app
-from bff.settings import load_settings
-from tests.support import ROOT, SECRET, Browser, ProviderProc, RedisServer, UpstreamProc, bff_env
+from bff.app import BFFApp
+from tests.support import (
+    ROOT,
+    SECRET,
+    Browser,
+    InProcessBffs,
+    ProviderProc,
+    RedisServer,
+    UpstreamProc,
+    bff_env,
+)
 
 ARTIFACTS = ROOT / "test-artifacts"
 PUBLIC_URL = "http://localhost:8080"
@@ -70,39 +76,19 @@ AppFactory = Callable[..., Awaitable[tuple[BFFApp, Browser]]]
 
 @pytest.fixture
 async def make_bff(idp: ProviderProc, redis_url: str, upstream: UpstreamProc) -> AsyncIterator[AppFactory]:
-    """make_bff(**BFF_* overrides) -> (app, browser): an in-process BFF against the real parts."""
-    apps: list[BFFApp] = []
-    browsers: list[Browser] = []
-    clients: list[httpx.AsyncClient] = []
+    """make_bff(**BFF_* overrides) -> (app, browser): an in-process BFF against the real parts;
+    make_bff.new_browser(app, ip=..., user_agent=...) -> another browser of that app."""
+    running = InProcessBffs(PUBLIC_URL)
 
     async def factory(store: str = "redis", wait: bool = True, **overrides: str) -> tuple[BFFApp, Browser]:
         settings = {"BFF_API_ROUTES": f"/api={upstream.url}", **overrides}
         env = bff_env(idp, redis_url if store == "redis" else None, PUBLIC_URL, **settings)
-        app = create_app(load_settings(env))
-        await app.startup()
-        if wait:
-            await app.services.provider.metadata()
-            await app.services.provider.keys()
-        apps.append(app)
-        browser = await new_browser(app)
-        return app, browser
+        app = await running.app(env, wait=wait)
+        return app, await running.browser(app)
 
-    async def new_browser(app: BFFApp, ip: str = "127.0.0.1", **kw: Any) -> Browser:
-        transport = httpx.ASGITransport(app=app, client=(ip, 40000))
-        client = httpx.AsyncClient(transport=transport, timeout=30)
-        clients.append(client)
-        browser = Browser(client, PUBLIC_URL, **kw)
-        browsers.append(browser)
-        return browser
-
-    factory.new_browser = new_browser  # type: ignore[attr-defined]
+    factory.new_browser = running.browser  # type: ignore[attr-defined]
     yield factory
-    for b in browsers:
-        await b.aclose()
-    for c in clients:
-        await c.aclose()
-    for a in apps:
-        await a.shutdown()
+    await running.close()
 
 
 @pytest.fixture

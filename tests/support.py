@@ -327,3 +327,63 @@ def raw_http(port: int, request: bytes, timeout: float = 10.0) -> tuple[int, dic
         k, _, v = line.decode("latin-1").partition(":")
         headers[k.strip().lower()] = v.strip()
     return status, headers, body
+
+
+class InProcessBffs:
+    """In-process BFF apps (real Redis, real IdP) and the browsers talking to them through
+    httpx's ASGI transport, all shut down together: one per test fixture."""
+
+    def __init__(self, public_url: str) -> None:
+        self.public_url = public_url
+        self.apps: list[Any] = []
+        self.clients: list[httpx.AsyncClient] = []
+        self.browsers: list[Browser] = []
+
+    async def app(self, env: dict[str, str], wait: bool = True) -> Any:
+        from bff.app import create_app
+        from bff.settings import load_settings
+
+        app = create_app(load_settings(env))
+        await app.startup()
+        self.apps.append(app)
+        if wait:  # IdP metadata and keys loaded, as /readyz would say
+            await app.services.provider.metadata()
+            await app.services.provider.keys()
+        return app
+
+    async def browser(self, app: Any, ip: str = "127.0.0.1", **kw: Any) -> Browser:
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(ip, 40000)), timeout=30)
+        self.clients.append(client)
+        browser = Browser(client, self.public_url, **kw)
+        self.browsers.append(browser)
+        return browser
+
+    async def close(self) -> None:
+        for b in self.browsers:
+            await b.aclose()
+        for c in self.clients:
+            await c.aclose()
+        for a in self.apps:
+            await a.shutdown()
+
+
+@contextlib.contextmanager
+def bff_processes(
+    idp: ProviderProc, redis_url: str, upstream: UpstreamProc, logs: Path, count: int = 2, **extra: str
+) -> Iterator[list[BffProc]]:
+    """``count`` ``python -m bff`` processes on one Redis, all serving the first one's public URL."""
+    ports = [free_port() for _ in range(count)]
+    public = f"http://127.0.0.1:{ports[0]}"
+    procs: list[BffProc] = []
+    try:
+        for i, port in enumerate(ports):
+            env = bff_env(
+                idp, redis_url, public, BFF_API_ROUTES=f"/api={upstream.url}", BFF_PORT=str(port), **extra
+            )
+            proc = BffProc(env, log=logs / f"bff-{i}.log")
+            procs.append(proc)
+            proc.start()
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()

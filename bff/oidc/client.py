@@ -25,7 +25,7 @@ from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
 from ..errors import IdPUnavailable
 from ..settings import Settings
 from .errors import OIDCError, TokenError
-from .provider import Provider, ProviderMetadata
+from .provider import Provider
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -96,7 +96,7 @@ class OIDCClient:
             self._signing = _load_signing_key(settings.client_private_key)
 
     # --- client authentication ------------------------------------------------------
-    def auth_method(self, meta: ProviderMetadata, supported: tuple[str, ...]) -> str:
+    def auth_method(self, supported: tuple[str, ...]) -> str:
         configured = self.settings.client_auth_method
         if configured != "auto":
             return configured
@@ -192,7 +192,7 @@ class OIDCClient:
         )
         if use_par:
             assert meta.pushed_authorization_request_endpoint is not None
-            method = self.auth_method(meta, meta.token_endpoint_auth_methods_supported)
+            method = self.auth_method(meta.token_endpoint_auth_methods_supported)
             response = await self._post(
                 meta.pushed_authorization_request_endpoint,
                 dict(params),
@@ -211,7 +211,7 @@ class OIDCClient:
 
     async def _token_request(self, form: dict[str, str], what: str) -> TokenResponse:
         meta = await self.provider.metadata()
-        method = self.auth_method(meta, meta.token_endpoint_auth_methods_supported)
+        method = self.auth_method(meta.token_endpoint_auth_methods_supported)
         response = await self._post(meta.token_endpoint, form, method, meta.token_endpoint, what)
         data = self._raise_for_error(response)
         access_token = data.get("access_token")
@@ -258,7 +258,7 @@ class OIDCClient:
         meta = await self.provider.metadata()
         if meta.revocation_endpoint is None:
             return False
-        method = self.auth_method(meta, meta.revocation_endpoint_auth_methods_supported)
+        method = self.auth_method(meta.revocation_endpoint_auth_methods_supported)
         response = await self._post(
             meta.revocation_endpoint,
             {"token": token, "token_type_hint": hint},

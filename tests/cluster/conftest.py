@@ -17,24 +17,22 @@ import pytest
 from tests.cluster.redis_ha import ClusterSetup, SentinelSetup
 
 
-@pytest.fixture(scope="session")
-def sentinel_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
-    setup = SentinelSetup(tmp_path_factory.mktemp("sentinel"))
+def _running(setup: Any) -> Iterator[Any]:
     try:
         setup.start()
         yield setup
     finally:
         setup.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
+    yield from _running(SentinelSetup(tmp_path_factory.mktemp("sentinel")))
 
 
 @pytest.fixture(scope="session")
 def cluster_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSetup]:
-    setup = ClusterSetup(tmp_path_factory.mktemp("cluster"))
-    try:
-        setup.start()
-        yield setup
-    finally:
-        setup.stop()
+    yield from _running(ClusterSetup(tmp_path_factory.mktemp("cluster")))
 
 
 @pytest.fixture

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 
-from tests.support import BffProc, Browser, bff_env, free_port
+from tests.scenarios import (
+    alice_twice_and_bob,
+    fifty_calls_on_a_due_token_share_one_refresh,
+    idp_sid,
+    post_logout_token,
+)
+from tests.support import bff_processes
 
 pytestmark = pytest.mark.cluster
 
@@ -20,68 +25,17 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture
 def two_bffs(idp, ha_url, upstream, tmp_path):
     """Two ``python -m bff`` processes sharing the Sentinel or Cluster set-up."""
-    port_a = free_port()
-    public = f"http://127.0.0.1:{port_a}"
-    procs = []
-    try:
-        for i, port in enumerate((port_a, free_port())):
-            env = bff_env(
-                idp,
-                ha_url,
-                public,
-                BFF_API_ROUTES=f"/api={upstream.url}",
-                BFF_PORT=str(port),
-                BFF_TOKEN_REFRESH_SKEW="60",
-            )
-            proc = BffProc(env, log=tmp_path / f"bff-{i}.log")
-            procs.append(proc)
-            proc.start()
+    with bff_processes(idp, ha_url, upstream, tmp_path, BFF_TOKEN_REFRESH_SKEW="60") as procs:
         yield procs
-    finally:
-        for p in procs:
-            p.stop()
 
 
 async def test_two_processes_share_one_refresh_for_fifty_concurrent_calls(idp, two_bffs):
-    # The login's access token is due at once (expires_in 0); the refreshed one is not.
-    idp.configure(access_ttl=0, refresh_access_ttl=3600)
-    a, b = two_bffs
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as client:
-        browser = Browser(client, a.url)
-        await browser.login()
-        before = idp.stats()["stats"]["refresh_token"]
-        headers = {"x-csrf": "1", **browser._cookie_header()}
-        calls = [client.get(f"{(a if i % 2 else b).url}/api/echo", headers=headers) for i in range(50)]
-        results = await asyncio.gather(*calls)
-        after = idp.stats()["stats"]["refresh_token"]
-        # The refreshed token was stored: later calls, on either process, use it unchanged.
-        again = [await client.get(f"{p.url}/api/echo", headers=headers) for p in (a, b)]
-        await browser.aclose()
-    assert [r.status_code for r in results] == [200] * 50, [r.text for r in results if r.status_code != 200]
-    assert after - before == 1
-    tokens = {r.json()["headers"]["authorization"][0] for r in [*results, *again]}
-    assert len(tokens) == 1
-    assert idp.stats()["stats"]["refresh_token"] - before == 1
-
-
-async def _sid(browser: Browser) -> str:
-    r = await browser.get("/bff/user", csrf=True)
-    assert r.status_code == 200, r.text
-    return str(r.json()["claims"]["sid"])
-
-
-async def _logout(browser: Browser, token: str) -> httpx.Response:
-    return await browser.request("POST", "/bff/backchannel-logout", data={"logout_token": token})
+    await fifty_calls_on_a_due_token_share_one_refresh(idp, two_bffs)
 
 
 async def test_backchannel_logout_by_sid_ends_exactly_that_session(make_bff, idp, ha_url):
-    app, alice1 = await make_bff(BFF_REDIS_URL=ha_url)
-    alice2 = await make_bff.new_browser(app)
-    bob = await make_bff.new_browser(app)
-    await alice1.login("alice")
-    await alice2.login("alice")
-    await bob.login("bob")
-    r = await _logout(bob, idp.logout_token(user="alice", sid=await _sid(alice1)))
+    _, alice1, alice2, bob = await alice_twice_and_bob(make_bff, BFF_REDIS_URL=ha_url)
+    r = await post_logout_token(bob, idp.logout_token(user="alice", sid=await idp_sid(alice1)))
     assert r.status_code == 200, r.text
     assert (await alice1.get("/bff/user", csrf=True)).status_code == 401
     assert (await alice1.get("/api/echo", csrf=True)).status_code == 401
@@ -91,20 +45,15 @@ async def test_backchannel_logout_by_sid_ends_exactly_that_session(make_bff, idp
 
 
 async def test_backchannel_logout_by_sub_ends_every_session_of_that_user(make_bff, idp, ha_url):
-    app, alice1 = await make_bff(BFF_REDIS_URL=ha_url)
-    alice2 = await make_bff.new_browser(app)
-    bob = await make_bff.new_browser(app)
-    await alice1.login("alice")
-    await alice2.login("alice")
-    await bob.login("bob")
+    _, alice1, alice2, bob = await alice_twice_and_bob(make_bff, BFF_REDIS_URL=ha_url)
     token = idp.logout_token(user="alice")
-    assert (await _logout(bob, token)).status_code == 200
+    assert (await post_logout_token(bob, token)).status_code == 200
     assert (await alice1.get("/bff/user", csrf=True)).status_code == 401
     assert (await alice2.get("/bff/user", csrf=True)).status_code == 401
     assert (await bob.get("/bff/user", csrf=True)).status_code == 200
     # The logout token's jti is remembered in the store: a replay is refused.
     await alice1.login("alice")
-    r = await _logout(bob, token)
+    r = await post_logout_token(bob, token)
     assert r.status_code == 400 and "replay" in r.json()["message"]
     assert (await alice1.get("/bff/user", csrf=True)).status_code == 200
 

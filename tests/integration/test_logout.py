@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.scenarios import alice_twice_and_bob, idp_sid, post_logout_token
 from tests.support import query_of
-
-
-async def _sid(browser) -> str:
-    return (await browser.get("/bff/user", csrf=True)).json()["claims"]["sid"]
 
 
 async def test_logout_ends_the_session_revokes_the_refresh_token_and_redirects_to_end_session(
@@ -72,18 +69,9 @@ async def test_logout_without_a_session_just_redirects(bff):
     assert r.headers["location"] == "http://localhost:8080/"
 
 
-async def _post_logout_token(browser, token: str):
-    return await browser.request("POST", "/bff/backchannel-logout", data={"logout_token": token})
-
-
 async def test_backchannel_logout_by_sid_ends_exactly_that_session(make_bff, idp):
-    app, alice1 = await make_bff()
-    alice2 = await make_bff.new_browser(app)
-    bob = await make_bff.new_browser(app)
-    await alice1.login("alice")
-    await alice2.login("alice")
-    await bob.login("bob")
-    r = await _post_logout_token(bob, idp.logout_token(user="alice", sid=await _sid(alice1)))
+    _, alice1, alice2, bob = await alice_twice_and_bob(make_bff)
+    r = await post_logout_token(bob, idp.logout_token(user="alice", sid=await idp_sid(alice1)))
     assert r.status_code == 200
     assert r.headers["cache-control"] == "no-store"
     assert (await alice1.get("/bff/user", csrf=True)).status_code == 401
@@ -92,13 +80,8 @@ async def test_backchannel_logout_by_sid_ends_exactly_that_session(make_bff, idp
 
 
 async def test_backchannel_logout_by_sub_ends_every_session_of_that_user(make_bff, idp):
-    app, alice1 = await make_bff()
-    alice2 = await make_bff.new_browser(app)
-    bob = await make_bff.new_browser(app)
-    await alice1.login("alice")
-    await alice2.login("alice")
-    await bob.login("bob")
-    r = await _post_logout_token(bob, idp.logout_token(user="alice"))
+    _, alice1, alice2, bob = await alice_twice_and_bob(make_bff)
+    r = await post_logout_token(bob, idp.logout_token(user="alice"))
     assert r.status_code == 200
     assert (await alice1.get("/bff/user", csrf=True)).status_code == 401
     assert (await alice2.get("/bff/user", csrf=True)).status_code == 401
@@ -130,7 +113,7 @@ FORGED = {
 async def test_a_forged_logout_token_is_refused_and_ends_nothing(bff, idp, variant):
     _, browser = bff
     await browser.login()
-    r = await _post_logout_token(browser, idp.logout_token(user="alice", **FORGED[variant]))
+    r = await post_logout_token(browser, idp.logout_token(user="alice", **FORGED[variant]))
     assert r.status_code == 400, variant
     assert r.json()["error"] == "invalid_logout_token"
     assert (await browser.get("/bff/user", csrf=True)).status_code == 200
@@ -140,9 +123,9 @@ async def test_a_replayed_logout_token_is_refused(make_bff, idp):
     app, alice = await make_bff()
     await alice.login("alice")
     token = idp.logout_token(user="alice")
-    assert (await _post_logout_token(alice, token)).status_code == 200
+    assert (await post_logout_token(alice, token)).status_code == 200
     await alice.login("alice")
-    r = await _post_logout_token(alice, token)
+    r = await post_logout_token(alice, token)
     assert r.status_code == 400
     assert "replay" in r.json()["message"]
     assert (await alice.get("/bff/user", csrf=True)).status_code == 200

@@ -2,52 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 
-from tests.support import BffProc, Browser, bff_env, free_port
+from tests.scenarios import fifty_calls_on_a_due_token_share_one_refresh
+from tests.support import Browser, bff_processes
 
 
 @pytest.fixture
 def two_bffs(idp, redis_url, upstream, tmp_path):
-    port_a = free_port()
-    public = f"http://127.0.0.1:{port_a}"
-    procs = []
-    for i, port in enumerate((port_a, free_port())):
-        env = bff_env(
-            idp,
-            redis_url,
-            public,
-            BFF_API_ROUTES=f"/api={upstream.url}",
-            BFF_PORT=str(port),
-            BFF_TOKEN_REFRESH_SKEW="60",
-            BFF_MAX_SESSIONS_PER_USER="3",
-        )
-        proc = BffProc(env, log=tmp_path / f"bff-{i}.log")
-        proc.start()
-        procs.append(proc)
-    yield procs
-    for p in procs:
-        p.stop()
+    with bff_processes(
+        idp, redis_url, upstream, tmp_path, BFF_TOKEN_REFRESH_SKEW="60", BFF_MAX_SESSIONS_PER_USER="3"
+    ) as procs:
+        yield procs
 
 
 async def test_two_processes_share_one_refresh_for_fifty_concurrent_calls(idp, two_bffs):
-    # The login's access token is due at once (expires_in 0); refreshed ones are not.
-    idp.configure(access_ttl=0, refresh_access_ttl=3600)
-    a, b = two_bffs
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as client:
-        browser = Browser(client, a.url)
-        await browser.login()
-        before = idp.stats()["stats"]["refresh_token"]
-        headers = {"x-csrf": "1", **browser._cookie_header()}
-        calls = [client.get(f"{(a if i % 2 else b).url}/api/echo", headers=headers) for i in range(50)]
-        results = await asyncio.gather(*calls)
-        await browser.aclose()
-    assert [r.status_code for r in results] == [200] * 50
-    assert idp.stats()["stats"]["refresh_token"] - before == 1
-    assert len({r.json()["headers"]["authorization"][0] for r in results}) == 1
+    await fifty_calls_on_a_due_token_share_one_refresh(idp, two_bffs)
 
 
 async def test_sessions_are_listed_and_ended_across_processes(two_bffs):

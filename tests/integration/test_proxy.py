@@ -100,9 +100,7 @@ async def test_a_rotated_refresh_token_is_stored_with_the_new_access_token(make_
 
 
 async def test_a_route_without_strip_keeps_the_prefix_and_one_with_strip_drops_it(make_bff, upstream):
-    import json as _json
-
-    routes = _json.dumps(
+    routes = json.dumps(
         [
             {"prefix": "/api", "upstream": upstream.url},
             {"prefix": "/v2", "upstream": upstream.url + "/base", "strip_prefix": True, "token": "none"},
@@ -117,9 +115,7 @@ async def test_a_route_without_strip_keeps_the_prefix_and_one_with_strip_drops_i
 
 
 async def test_token_policy_user_optional_attaches_a_token_only_when_logged_in(make_bff, upstream):
-    import json as _json
-
-    routes = _json.dumps([{"prefix": "/api", "upstream": upstream.url, "token": "user-optional"}])
+    routes = json.dumps([{"prefix": "/api", "upstream": upstream.url, "token": "user-optional"}])
     _, browser = await make_bff(BFF_API_ROUTES=routes)
     r = await browser.get("/api/echo", csrf=True)
     assert r.status_code == 200 and "authorization" not in r.json()["headers"]
@@ -197,9 +193,7 @@ async def test_unreachable_upstream_is_502_json(make_bff):
 
 
 async def test_slow_upstream_is_504_json_and_other_routes_still_answer(make_bff, upstream):
-    import json as _json
-
-    routes = _json.dumps(
+    routes = json.dumps(
         [
             {"prefix": "/api", "upstream": upstream.url, "timeout": 0.5},
             {"prefix": "/fast", "upstream": upstream.url},
@@ -220,7 +214,6 @@ async def test_api_calls_are_json_401_never_a_redirect(bff):
     r = await browser.get("/api/anything", csrf=True, headers={"accept": "text/html"})
     assert r.status_code == 401
     assert r.headers["content-type"].startswith("application/json")
-    _ = json
 
 
 async def test_a_skew_longer_than_the_token_lifetime_does_not_refresh_on_every_call(make_bff, idp):

@@ -4,7 +4,6 @@ exact bytes matter: path tricks, header injection, streaming, server-sent events
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import time
@@ -173,4 +172,3 @@ async def test_server_sent_events_arrive_as_they_are_sent(logged_in):
     assert len(arrivals) == 3
     # The first event arrives long before the stream ends: it was not buffered.
     assert arrivals[0] < arrivals[2] - 1.0
-    _ = asyncio

@@ -25,10 +25,9 @@ import httpx
 import pytest
 from joserfc.jwk import ECKey
 
-from bff.app import BFFApp, create_app
+from bff.app import BFFApp
 from bff.session.models import Session
-from bff.settings import load_settings
-from tests.support import ROOT, SECRET, BffProc, Browser, Proc, UpstreamProc, free_port
+from tests.support import ROOT, SECRET, BffProc, Browser, InProcessBffs, Proc, UpstreamProc, free_port
 
 OP_DIR = ROOT / "interop" / "oidc-provider"
 LOGS = ROOT / "test-artifacts" / "logs"
@@ -346,33 +345,17 @@ BffFactory = Callable[..., Awaitable[tuple[BFFApp, Browser]]]
 @pytest.fixture
 async def make_interop_bff(redis_url: str, upstream: UpstreamProc) -> AsyncIterator[BffFactory]:
     """make_interop_bff(op, client_id=BASIC, **BFF_* overrides) -> (app, browser): in-process."""
-    apps: list[BFFApp] = []
-    browsers: list[Browser] = []
-    clients: list[httpx.AsyncClient] = []
+    running = InProcessBffs(PUBLIC_URL)
 
     async def factory(op: OidcProvider, client_id: str = BASIC, **overrides: str) -> tuple[BFFApp, Browser]:
         env = bff_settings(
             op, client_id, redis_url, PUBLIC_URL, BFF_API_ROUTES=f"/api={upstream.url}", **overrides
         )
-        app = create_app(load_settings(env))
-        await app.startup()
-        await app.services.provider.metadata()
-        await app.services.provider.keys()
-        apps.append(app)
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
-        client = httpx.AsyncClient(transport=transport, timeout=30)
-        clients.append(client)
-        browser = Browser(client, PUBLIC_URL)
-        browsers.append(browser)
-        return app, browser
+        app = await running.app(env)
+        return app, await running.browser(app)
 
     yield factory
-    for b in browsers:
-        await b.aclose()
-    for c in clients:
-        await c.aclose()
-    for a in apps:
-        await a.shutdown()
+    await running.close()
 
 
 @dataclass

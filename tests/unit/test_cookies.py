@@ -43,7 +43,10 @@ def test_any_tampered_cookie_is_rejected(value, position, replacement):
     if signed[i] == replacement:
         return
     tampered = signed[:i] + replacement + signed[i + 1 :]
-    assert codec.decode(tampered) is None or (codec.decode(tampered) == value and tampered == signed)
+    result = codec.decode(tampered)
+    # Only the signature's last base64 character has spare bits: changing those leaves the
+    # same signature bytes. Any other change must be refused.
+    assert result is None or (result == value and i == len(signed) - 1), (signed, tampered)
 
 
 @given(st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=60))

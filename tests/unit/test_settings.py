@@ -9,7 +9,7 @@ import pytest
 
 from bff.errors import ConfigError
 from bff.settings import load_settings
-from tests.support import ROOT, SECRET
+from tests.support import SECRET
 
 GOOD = {
     "BFF_ISSUER": "https://idp.example.com/realms/x",
@@ -151,7 +151,6 @@ def test_python_m_bff_without_issuer_prints_one_line_and_exits_non_zero(tmp_path
         "e.g. https://idp.example.com/realms/x)"
     ]
     assert "super-secret-value" not in result.stderr + result.stdout
-    _ = ROOT
 
 
 @pytest.mark.parametrize(
