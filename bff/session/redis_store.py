@@ -31,11 +31,12 @@ from redis.asyncio.lock import Lock
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import ClusterDownError, LockError, RedisClusterException, RedisError
+from redis.exceptions import ClusterDownError, LockError, NoScriptError, RedisClusterException, RedisError
 
 from ..errors import StoreUnavailable
 from .crypto import DecryptionError, RecordCipher
 from .models import LoginTransaction, Session
+from .pipelining import AutoPipeline
 from .store import Clock, SessionStore, StoreLock
 
 Client = aioredis.Redis | RedisCluster
@@ -71,9 +72,11 @@ return 1
 
 # No health_check_interval: it costs a check on every command, and the one retry below
 # already replaces a connection that died while idle (e.g. across a Redis restart).
-# No socket_timeout either: redis-py then wraps every send in asyncio.wait_for (a new task
-# per command); RedisStore._guard bounds each whole operation with OPERATION_TIMEOUT instead.
-_COMMON: dict[str, Any] = {"socket_connect_timeout": 2.0}
+# No socket_timeout either (redis-py 8 defaults to 5 s, so it is switched off explicitly):
+# with one, redis-py wraps every send in asyncio.wait_for (a new task per command) and every
+# read in a timer. RedisStore._guard bounds each whole operation with OPERATION_TIMEOUT and
+# _RedisLock each lock call, instead; a cancelled command closes its connection.
+_COMMON: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": None}
 OPERATION_TIMEOUT = 5.0  # seconds one store operation may take before it is a 503
 # A sentinel answers from memory: a slow one is skipped for the next one soon.
 _SENTINEL: dict[str, Any] = {
@@ -222,21 +225,24 @@ class _RedisLock(StoreLock):
 
     async def acquire(self, wait: float) -> bool:
         try:
-            return bool(await self._lock.acquire(blocking_timeout=wait))
-        except _UNAVAILABLE as exc:
+            async with asyncio.timeout(wait + OPERATION_TIMEOUT):  # a hung Redis, not a held lock
+                return bool(await self._lock.acquire(blocking_timeout=wait))
+        except (*_UNAVAILABLE, TimeoutError) as exc:
             raise StoreUnavailable() from exc
 
     async def extend(self) -> None:
         try:
-            await self._lock.reacquire()
-        except (LockError, *_UNAVAILABLE):
+            async with asyncio.timeout(OPERATION_TIMEOUT):
+                await self._lock.reacquire()
+        except (LockError, *_UNAVAILABLE, TimeoutError):
             return  # lost or unreachable: the refresh still completes, the waiters re-check
 
     async def release(self) -> None:
         try:
-            await self._lock.release()
-        except (LockError, *_UNAVAILABLE):
-            return  # expired already; nothing to release
+            async with asyncio.timeout(OPERATION_TIMEOUT):
+                await self._lock.release()
+        except (LockError, *_UNAVAILABLE, TimeoutError):
+            return  # expired already or unreachable; it expires by itself
 
 
 class RedisStore(SessionStore):
@@ -252,6 +258,11 @@ class RedisStore(SessionStore):
         # here for a slot instead (up to POOL_TIMEOUT, then 503), which is also cheaper on
         # the hot path than a blocking pool.
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        # Session reads (one per proxied request) are auto-pipelined. Not on Cluster, where
+        # a pipeline is split per node and its failure modes differ; there each read is
+        # sent alone.
+        self._batch = None if isinstance(client, RedisCluster) else AutoPipeline(client, self._guard)
+        self._loading: asyncio.Future[Any] | None = None
 
     # --- helpers --------------------------------------------------------------------
     @staticmethod
@@ -353,14 +364,43 @@ class RedisStore(SessionStore):
 
         return cast(list[Session], await self._guard(run()))
 
+    async def _read(self, key: str, touch: bool, now: int) -> Any:
+        """The raw record (slid when ``touch``): queued on the auto-pipeline if there is one."""
+        args = (now, self.idle_timeout, b"%010d" % now)
+        if self._batch is None:
+            if touch:
+                return await self._guard(self._touch(keys=[key], args=args))
+            return await self._guard(self.r.get(key))
+        if not touch:
+            return await self._pipelined("GET", key)
+        try:
+            return await self._pipelined("EVALSHA", self._touch.sha, 1, key, *args, retry=False)
+        except NoScriptError:  # Redis restarted or its script cache was flushed
+            await self._load_scripts()
+        return await self._pipelined("EVALSHA", self._touch.sha, 1, key, *args)
+
+    async def _pipelined(self, *command: Any, retry: bool = True) -> Any:
+        assert self._batch is not None
+        try:
+            return await self._batch.call(*command)
+        except NoScriptError:
+            if not retry:
+                raise
+            self.on_error()
+            raise StoreUnavailable() from None
+        except _UNAVAILABLE as exc:  # an error reply to this command alone (the rest is mapped)
+            self.on_error()
+            raise StoreUnavailable() from exc
+
+    async def _load_scripts(self) -> None:
+        """SCRIPT LOAD once for every caller that found the script missing at the same time."""
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.ensure_future(self._guard(self.r.script_load(_TOUCH)))
+        await asyncio.shield(self._loading)
+
     async def load(self, session_id: str, touch: bool = True) -> Session | None:
         now = self.now()
-        if touch:
-            raw = await self._guard(
-                self._touch(keys=[self._skey(session_id)], args=[now, self.idle_timeout, b"%010d" % now])
-            )
-        else:
-            raw = await self._guard(self.r.get(self._skey(session_id)))
+        raw = await self._read(self._skey(session_id), touch, now)
         if not raw:
             return None
         session = self._decode(session_id, raw)
@@ -460,6 +500,8 @@ class RedisStore(SessionStore):
         await self._guard(run())
 
     async def close(self) -> None:
+        if self._batch is not None:
+            await self._batch.close()
         pool = getattr(self.r, "connection_pool", None)
         await self.r.aclose()
         if isinstance(pool, SentinelConnectionPool):

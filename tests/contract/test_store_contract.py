@@ -209,3 +209,39 @@ async def test_lock_is_exclusive_until_released(store_and_clock):
     assert await waiter
     await second.extend()
     await second.release()
+
+
+async def test_concurrent_loads_each_get_their_own_session(store_and_clock):
+    """Reads issued together (on Redis: one auto-pipeline) answer each caller with its own
+    session, slid or not as asked, and a read of a missing session with None."""
+    store, clock = store_and_clock
+    sessions = [session(clock, sub=f"user{i}", idp_sid=None) for i in range(60)]
+    for s in sessions:
+        await store.create(s)
+    clock.advance(10)
+    ids = [s.id for s in sessions] + [new_session_id()]
+    touches = [i % 3 != 0 for i in range(len(ids))]
+    loaded = await asyncio.gather(*(store.load(sid, touch=t) for sid, t in zip(ids, touches, strict=True)))
+    assert loaded[-1] is None
+    for s, got, touched in zip(sessions, loaded, touches, strict=False):
+        assert got is not None and got.id == s.id and got.sub == s.sub and got.access_token == s.access_token
+        assert got.last_seen == (int(clock()) if touched else s.last_seen)
+    clock.advance(IDLE - 5)  # only the slid ones are still within their idle timeout
+    again = await asyncio.gather(*(store.load(s.id) for s in sessions))
+    for got, touched in zip(again, touches, strict=False):
+        assert (got is not None) == touched
+
+
+async def test_a_cancelled_load_leaves_the_others_alone(store_and_clock):
+    store, clock = store_and_clock
+    sessions = [session(clock, sub=f"user{i}", idp_sid=None) for i in range(10)]
+    for s in sessions:
+        await store.create(s)
+    tasks = [asyncio.create_task(store.load(s.id)) for s in sessions]
+    tasks[4].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[4], asyncio.CancelledError)
+    for i, (s, got) in enumerate(zip(sessions, results, strict=True)):
+        if i != 4:
+            assert isinstance(got, Session) and got.id == s.id
+    assert await store.load(sessions[4].id) is not None
