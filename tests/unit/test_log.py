@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from bff.log import flush, redact, setup_logging
+from bff.log import access, flush, redact, setup_logging
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 
@@ -55,4 +55,27 @@ def test_json_log_lines_are_redacted_including_extras_and_exceptions():
     lines = [json.loads(line) for line in text.splitlines()]
     assert lines[0]["logger"] == "bff.test" and "[redacted]" in lines[0]["msg"]
     assert "exc" in lines[1]
+    setup_logging("text", "INFO", io.StringIO())
+
+
+def test_access_lines_are_json_whatever_the_request_carries():
+    """The access line is built by hand (hot path): it must stay one valid JSON object per
+    line for any method, path, request id or client address, and keep tokens out."""
+    stream = io.StringIO()
+    setup_logging("json", "INFO", stream)
+    odd = ['a"b', "back\\slash", "new\nline", "tab\t", "ünïcödé", "\x00\x1f", "</script>", ""]
+    cases = [("GET", "/api/items/1", "req-1.a_b", "10.0.0.1"), ("GET", "/x", "r", "2001:db8::1")]
+    cases += [(o, f"/api/{o}", o, o) for o in odd]
+    cases.append(("GET", f"/bff/callback?code=abc123&x={JWT}", "r2", "::1"))
+    for method, path, rid, client in cases:
+        access(method, path, 200, 1.25, rid, client)
+    flush()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == len(cases)
+    for line, (method, path, rid, client) in zip(lines, cases, strict=True):
+        record = json.loads(line)
+        assert (record["method"], record["request_id"], record["client"]) == (method, rid, client)
+        assert record["path"] == redact(path) and record["status"] == 200 and record["ms"] == 1.25
+        assert record["ts"].endswith("Z") and len(record["ts"]) == 24
+    assert "abc123" not in stream.getvalue() and JWT not in stream.getvalue()
     setup_logging("text", "INFO", io.StringIO())
