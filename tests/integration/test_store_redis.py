@@ -4,12 +4,14 @@ script cache, an error reply for one command, Redis going away mid-batch."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 import pytest
 import redis.asyncio as aioredis
 
 from bff.errors import StoreUnavailable
+from bff.session import redis_store
 from bff.session.crypto import RecordCipher
 from bff.session.models import Session, new_session_id
 from bff.session.redis_store import RedisStore, connect
@@ -123,3 +125,30 @@ async def test_a_reader_that_goes_away_does_not_block_the_batch(redis_url, touch
             assert all(x is not None and x.id == s.id for x in done)
     finally:
         await store.close()
+
+
+async def test_a_hung_redis_fails_the_batch_in_time_then_recovers(monkeypatch):
+    """Redis stopped (SIGSTOP, so connections stay open and nothing answers): the batched
+    reads fail with StoreUnavailable after the operation limit, not never; after SIGCONT
+    the same store reads again."""
+    monkeypatch.setattr(redis_store, "OPERATION_TIMEOUT", 0.5)
+    server = RedisServer()
+    server.start()
+    store = _store(server.url)
+    try:
+        s = _session("alice")
+        await store.create(s)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(*(store.load(s.id) for _ in range(20)), return_exceptions=True)
+            assert all(isinstance(r, StoreUnavailable) for r in results), results
+            assert time.monotonic() - started < 5
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        loaded = await asyncio.gather(*(store.load(s.id) for _ in range(20)))
+        assert all(x is not None and x.id == s.id for x in loaded)
+    finally:
+        await store.close()
+        server.stop()
