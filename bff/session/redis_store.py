@@ -374,20 +374,21 @@ class RedisStore(SessionStore):
         if not touch:
             return await self._pipelined("GET", key)
         try:
-            return await self._pipelined("EVALSHA", self._touch.sha, 1, key, *args, retry=False)
+            return await self._pipelined("EVALSHA", self._touch.sha, 1, key, *args)
         except NoScriptError:  # Redis restarted or its script cache was flushed
             await self._load_scripts()
-        return await self._pipelined("EVALSHA", self._touch.sha, 1, key, *args)
+        try:
+            return await self._pipelined("EVALSHA", self._touch.sha, 1, key, *args)
+        except NoScriptError as exc:  # flushed again at once: no endless reloading
+            self.on_error()
+            raise StoreUnavailable() from exc
 
-    async def _pipelined(self, *command: Any, retry: bool = True) -> Any:
+    async def _pipelined(self, *command: Any) -> Any:
         assert self._batch is not None
         try:
             return await self._batch.call(*command)
         except NoScriptError:
-            if not retry:
-                raise
-            self.on_error()
-            raise StoreUnavailable() from None
+            raise
         except _UNAVAILABLE as exc:  # an error reply to this command alone (the rest is mapped)
             self.on_error()
             raise StoreUnavailable() from exc
@@ -396,6 +397,7 @@ class RedisStore(SessionStore):
         """SCRIPT LOAD once for every caller that found the script missing at the same time."""
         if self._loading is None or self._loading.done():
             self._loading = asyncio.ensure_future(self._guard(self.r.script_load(_TOUCH)))
+            self._loading.add_done_callback(lambda f: f.cancelled() or f.exception())
         await asyncio.shield(self._loading)
 
     async def load(self, session_id: str, touch: bool = True) -> Session | None:
