@@ -78,7 +78,7 @@ def wrk(
     script = None
     if delay_ms is not None:
         script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)  # noqa: SIM115
-        script.write(f"function delay() return {max(int(delay_ms), 0)} end\n")
+        script.write(f"function delay() return {max(round(delay_ms), 0)} end\n")
         script.close()
         args += ["-s", script.name]
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
@@ -191,9 +191,13 @@ def section_proxy(stack: Stack, results: dict[str, Any]) -> None:
     log(f"  ratio BFF/direct req/s: {through['rps'] / direct['rps']:.3f}")
     log(f"  BFF CPU per proxied request: {cpu_us:.0f} us (process CPU time / requests)")
     half = through["rps"] / 2
-    conns = 16
-    delay = conns / half * 1000 - through["p50"] / 2
-    paced = wrk(f"{bff.url}/api/bench", headers, connections=conns, delay_ms=delay)
+    conns = CONNECTIONS
+    # wrk paces each connection by a delay between a response and the next request, so
+    # the rate is conns / (delay + latency): a short run measures the latency at that pace.
+    period = conns / half * 1000
+    probe = wrk(f"{bff.url}/api/bench", headers, connections=conns, delay_ms=period, duration=3)
+    latency = max(conns / probe["rps"] * 1000 - period, 0.0)
+    paced = wrk(f"{bff.url}/api/bench", headers, connections=conns, delay_ms=period - latency)
     log(
         f"  at about half load ({paced['rps']:.0f} req/s of {through['rps']:.0f}): "
         f"p50 {paced['p50']:.2f} ms, p99 {paced['p99']:.2f} ms"
