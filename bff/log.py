@@ -150,21 +150,6 @@ _access: _AccessLines | None = None
 _access_json = True
 
 
-_SAFE = re.compile(r"[A-Za-z0-9._:/~@+-]*")  # JSON string content that needs no escaping
-_second = [-1, ""]  # the formatted timestamp down to the second, reused within that second
-
-
-def _json_str(text: str) -> str:
-    return f'"{text}"' if _SAFE.fullmatch(text) else json.dumps(text)
-
-
-def _timestamp(now: float) -> str:
-    second = int(now)
-    if second != _second[0]:
-        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_second[1]}.{int(now % 1 * 1000):03d}Z"
-
-
 def access(method: str, path: str, status: int, ms: float, request_id: str, client: str) -> None:
     """One line per request (logger name ``bff.access``), built here without the logging
     machinery, which would cost the hot path far more than the line itself."""
@@ -172,12 +157,13 @@ def access(method: str, path: str, status: int, ms: float, request_id: str, clie
     if sink is None:
         return
     path = redact(path)
-    ts = _timestamp(time.time())
+    now = time.time()
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
     if _access_json:
         line = (
             f'{{"ts":"{ts}","level":"info","logger":"bff.access","msg":"request","method":'
-            f'{_json_str(method)},"path":{_json_str(path)},"status":{status},"ms":{ms},'
-            f'"request_id":{_json_str(request_id)},"client":{_json_str(client)}}}\n'
+            f'{json.dumps(method)},"path":{json.dumps(path)},"status":{status},"ms":{ms},'
+            f'"request_id":{json.dumps(request_id)},"client":{json.dumps(client)}}}\n'
         )
     else:
         line = (

@@ -13,8 +13,9 @@ Keys (every command touches one key, so Cluster needs no hash tags):
     bff:all                 ZSET session id -> absolute expiry: the cheap count for metrics
 
 A proxied request costs one round trip: a Lua script reads the session and slides its
-idle timeout together. Index entries of sessions that ended by idle expiry are pruned
-whenever an index is read, so no caller ever sees a dead session.
+idle timeout together. Outside Cluster those reads are auto-pipelined (pipelining.py):
+the reads of one event-loop turn share one pipeline. Index entries of sessions that ended
+by idle expiry are pruned whenever an index is read, so no caller ever sees a dead session.
 """
 
 from __future__ import annotations

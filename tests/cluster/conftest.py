@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from tests.cluster.redis_ha import ClusterSetup, SentinelSetup
+
+S = TypeVar("S", SentinelSetup, ClusterSetup)
 
 
 def _running(setup: Any) -> Iterator[Any]:
@@ -53,15 +55,12 @@ def ha_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(f"{request.param}_url"))
 
 
-@pytest.fixture
-def sentinel_factory(tmp_path: Path) -> Iterator[Callable[..., SentinelSetup]]:
-    """A fresh Sentinel set-up of the test's own (``password``, ``sentinel_password``), for
-    tests that fail it over or need other settings."""
-    made: list[SentinelSetup] = []
+def _own_setups(cls: Callable[..., S], base: Path, defaults: dict[str, Any]) -> Iterator[Callable[..., S]]:
+    """A factory of fresh set-ups (started on call, each in its own directory), stopped after the test."""
+    made: list[S] = []
 
-    def factory(**options: Any) -> SentinelSetup:
-        # The master is declared down after 1 s without an answer: a quick failover.
-        setup = SentinelSetup(tmp_path / f"sentinel-{len(made)}", **{"down_after_ms": 1000, **options})
+    def factory(**options: Any) -> S:
+        setup = cls(base / f"{cls.__name__.lower()}-{len(made)}", **{**defaults, **options})
         made.append(setup)
         setup.start()
         return setup
@@ -69,19 +68,17 @@ def sentinel_factory(tmp_path: Path) -> Iterator[Callable[..., SentinelSetup]]:
     yield factory
     for setup in made:
         setup.stop()
+
+
+@pytest.fixture
+def sentinel_factory(tmp_path: Path) -> Iterator[Callable[..., SentinelSetup]]:
+    """A fresh Sentinel set-up of the test's own (``password``, ``sentinel_password``), for
+    tests that fail it over or need other settings. The master is declared down after 1 s
+    without an answer: a quick failover."""
+    yield from _own_setups(SentinelSetup, tmp_path, {"down_after_ms": 1000})
 
 
 @pytest.fixture
 def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., ClusterSetup]]:
     """A fresh Cluster of the test's own (``node_timeout_ms``, ``persist``), for tests that stop nodes."""
-    made: list[ClusterSetup] = []
-
-    def factory(**options: Any) -> ClusterSetup:
-        setup = ClusterSetup(tmp_path / f"cluster-{len(made)}", **options)
-        made.append(setup)
-        setup.start()
-        return setup
-
-    yield factory
-    for setup in made:
-        setup.stop()
+    yield from _own_setups(ClusterSetup, tmp_path, {})
