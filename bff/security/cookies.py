@@ -14,6 +14,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 
 from itsdangerous import BadSignature, Signer, want_bytes
+from itsdangerous.encoding import base64_decode, base64_encode
 
 from ..settings import Settings
 
@@ -35,6 +36,16 @@ class _Signer(Signer):
         if key is None:
             key = self._derived[raw] = super().derive_key(secret_key)
         return key
+
+    def verify_signature(self, value: str | bytes, sig: str | bytes) -> bool:
+        """Only the one spelling we write is valid. itsdangerous's base64 decoding skips
+        characters outside the alphabet, accepts padding and ignores the spare bits of the
+        last character, so without this one signature had many accepted spellings."""
+        try:
+            canonical = base64_encode(base64_decode(sig)) == want_bytes(sig)
+        except Exception:
+            return False
+        return canonical and super().verify_signature(value, sig)
 
 
 class CookieCodec:

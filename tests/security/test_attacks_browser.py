@@ -161,14 +161,28 @@ async def test_a_code_injected_into_another_login_fails_at_the_idp(make_bff):
     assert "bff_session" not in victim.cookies
 
 
-@pytest.mark.parametrize("tamper", ["flip_signature", "flip_id", "unsigned", "retired_key", "other_purpose"])
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _last_char(c: str, same_bytes: bool) -> str:
+    """Another last signature character. Its two low bits are spare: flipping one of them
+    keeps the signature's bytes (another spelling), flipping a high bit changes them."""
+    return _B64[_B64.index(c) ^ (1 if same_bytes else 32)]
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    ["flip_signature", "spare_bits", "padded", "flip_id", "unsigned", "retired_key", "other_purpose"],
+)
 async def test_cookie_tampering(bff, tamper):
     _, browser = bff
     await browser.login()
     value = browser.cookies["bff_session"]
     sid, _, sig = value.rpartition(".")
     forged = {
-        "flip_signature": f"{sid}.{sig[:-1]}{'A' if sig[-1] != 'A' else 'B'}",
+        "flip_signature": f"{sid}.{sig[:-1]}{_last_char(sig[-1], same_bytes=False)}",
+        "spare_bits": f"{sid}.{sig[:-1]}{_last_char(sig[-1], same_bytes=True)}",
+        "padded": f"{sid}.{sig}=",
         "flip_id": f"{sid[:-1]}{'A' if sid[-1] != 'A' else 'B'}.{sig}",
         "unsigned": sid,
         "retired_key": CookieCodec(("retired-key-retired-key-retired-key-0000",), "bff.session").encode(sid),
