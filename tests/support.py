@@ -20,14 +20,23 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 
+from demo.stack import free_port as _pick_port
+
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-key-that-is-long-enough-0123456789"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the ephemeral range, never the same one twice in a test run.
+
+    Binding to port 0 is not enough: the kernel may offer one port to two probes of the same
+    set-up (a cluster node once got another node's bus port and died on start-up), and an
+    ephemeral port can be taken by an outgoing connection before the server binds it.
+    """
+    return _pick_port(_HANDED_OUT)
 
 
 def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
