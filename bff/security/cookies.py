@@ -13,7 +13,7 @@ import secrets
 from http.cookies import SimpleCookie
 from typing import Any
 
-from itsdangerous import BadSignature, Signer, want_bytes
+from itsdangerous import BadData, BadSignature, Signer, want_bytes
 from itsdangerous.encoding import base64_decode, base64_encode
 
 from ..settings import Settings
@@ -43,7 +43,7 @@ class _Signer(Signer):
         last character, so without this one signature had many accepted spellings."""
         try:
             canonical = base64_encode(base64_decode(sig)) == want_bytes(sig)
-        except Exception:
+        except BadData:
             return False
         return canonical and super().verify_signature(value, sig)
 
