@@ -24,6 +24,9 @@ from demo.stack import free_port as _pick_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-key-that-is-long-enough-0123456789"
+# base64url in index order: a signature's last character keeps its bytes when only its
+# two low (spare) index bits change, i.e. B64URL[i ^ 1], [i ^ 2], [i ^ 3].
+B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
 _HANDED_OUT: set[int] = set()

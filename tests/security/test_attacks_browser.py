@@ -9,7 +9,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 
 from bff.security.cookies import CookieCodec
-from tests.support import SECRET, query_of
+from tests.support import B64URL, SECRET, query_of
 from tests.unit.test_redirects import BYPASSES
 
 CROSS_SITE = [
@@ -161,13 +161,10 @@ async def test_a_code_injected_into_another_login_fails_at_the_idp(make_bff):
     assert "bff_session" not in victim.cookies
 
 
-_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-
-
 def _last_char(c: str, same_bytes: bool) -> str:
     """Another last signature character. Its two low bits are spare: flipping one of them
     keeps the signature's bytes (another spelling), flipping a high bit changes them."""
-    return _B64[_B64.index(c) ^ (1 if same_bytes else 32)]
+    return B64URL[B64URL.index(c) ^ (1 if same_bytes else 32)]
 
 
 @pytest.mark.parametrize(
