@@ -18,14 +18,13 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from .error_handlers import handle_bff_error, handle_http_exception, handle_unexpected, json_error
-from .errors import BFFError, NotFound
+from .error_handlers import handle_bff_error, handle_http_exception, handle_unexpected
+from .errors import BFFError
 from .metrics import Metrics
 from .middleware import Edge
 from .oidc.client import OIDCClient
@@ -48,7 +47,13 @@ def build_store(settings: Settings, clock: Callable[[], float] = time.time) -> S
     if settings.session_store == "memory":
         return MemoryStore(settings.session_idle_timeout, clock)
     cipher = RecordCipher.from_settings(settings.encryption_keys, settings.secret_keys)
-    return RedisStore(connect(settings.redis_url), cipher, settings.session_idle_timeout, clock)
+    return RedisStore(
+        connect(settings.redis_url, settings.redis_timeout),
+        cipher,
+        settings.session_idle_timeout,
+        clock,
+        timeout=settings.redis_timeout,
+    )
 
 
 class SpaFiles(StaticFiles):
@@ -68,10 +73,6 @@ class SpaFiles(StaticFiles):
         else:
             response.headers.setdefault("cache-control", "no-cache")
         return response
-
-
-async def _not_found(request: Request) -> Response:
-    return json_error(NotFound(f"No BFF endpoint at {request.url.path}."))
 
 
 class BFFApp:
@@ -159,7 +160,13 @@ def create_app(
     provider = Provider(http, settings.discovery_url, settings.issuer)
     client = OIDCClient(settings, http, provider)
     checks = Expectations(
-        provider, settings.issuer, settings.client_id, settings.id_token_algs, settings.clock_skew, clock
+        provider,
+        settings.issuer,
+        settings.client_id,
+        settings.id_token_algs,
+        settings.clock_skew,
+        clock,
+        settings.id_token_max_iat_age,
     )
     services = Services(
         settings=settings,
@@ -167,7 +174,9 @@ def create_app(
         http=http,
         provider=provider,
         client=client,
-        tokens=TokenManager(store, client, checks, settings.token_refresh_skew, metrics, clock),
+        tokens=TokenManager(
+            store, client, checks, settings.token_refresh_skew, metrics, clock, settings.revoke_on_logout
+        ),
         cookies=Cookies(settings),
         metrics=metrics,
         checks=checks,
@@ -175,16 +184,19 @@ def create_app(
     )
     proxy = Proxy(services)
 
+    # /bff/* in a router of its own: a known path called with another method is a 405 with
+    # Allow (Starlette's partial match), an unknown one a JSON 404, never the SPA's index.
+    bff_routes = [
+        Route("/login", auth.login, methods=["GET"]),
+        Route("/callback", auth.callback, methods=["GET"]),
+        Route("/logout", auth.logout, methods=["GET", "POST"]),
+        Route("/backchannel-logout", auth.backchannel_logout, methods=["POST"]),
+        Route("/user", user.user, methods=["GET"]),
+        Route("/sessions", sessions.sessions_collection, methods=["GET", "DELETE"]),
+        Route("/sessions/{handle}", sessions.end_session, methods=["DELETE"]),
+    ]
     routes: list[Any] = [
-        Route("/bff/login", auth.login, methods=["GET"]),
-        Route("/bff/callback", auth.callback, methods=["GET"]),
-        Route("/bff/logout", auth.logout, methods=["GET", "POST"]),
-        Route("/bff/backchannel-logout", auth.backchannel_logout, methods=["POST"]),
-        Route("/bff/user", user.user, methods=["GET"]),
-        Route("/bff/sessions", sessions.list_sessions, methods=["GET"]),
-        Route("/bff/sessions", sessions.end_all_sessions, methods=["DELETE"]),
-        Route("/bff/sessions/{handle}", sessions.end_session, methods=["DELETE"]),
-        Route("/bff/{rest:path}", _not_found),
+        Mount("/bff", routes=bff_routes),
         Route("/healthz", health.healthz, methods=["GET", "HEAD"]),
         Route("/readyz", health.readyz, methods=["GET", "HEAD"]),
     ]

@@ -74,8 +74,11 @@ async def check_config(settings: Settings) -> int:
             report.warn(f"scopes not advertised by the IdP: {', '.join(missing)}")
         else:
             report.ok(f"scopes advertised: {' '.join(settings.scopes)}")
-    if "offline_access" not in settings.scopes:
-        report.warn("no offline_access scope: the IdP may not issue refresh tokens")
+    if "offline_access" not in settings.scopes and "offline_access" in (supported_scopes or []):
+        report.ok(
+            "offline_access not requested: refresh tokens come with the login where the IdP"
+            " issues them so (Keycloak does); see BFF_SCOPES"
+        )
     if settings.use_par and meta.pushed_authorization_request_endpoint is None:
         report.fail("BFF_USE_PAR=true but the IdP has no pushed_authorization_request_endpoint")
     if meta.end_session_endpoint is None:

@@ -58,10 +58,20 @@ async def handle_bff_error(request: Request, exc: Exception) -> Response:
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
+def _http_message(request: Request, exc: HTTPException) -> str:
+    if exc.status_code == 404:
+        return f"No endpoint at {request.url.path}."
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return f"{request.method} is not allowed on {request.url.path} (allowed: {allowed})."
+    return str(exc.detail)
+
+
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404/405 (unknown path, wrong method) in the same JSON shape."""
+    """Starlette's own 404/405 (unknown path, wrong method) in the same JSON shape; a 405
+    keeps its Allow header."""
     assert isinstance(exc, HTTPException)
-    error = BFFError(str(exc.detail), code=_HTTP_CODES.get(exc.status_code, "http_error"))
+    error = BFFError(_http_message(request, exc), code=_HTTP_CODES.get(exc.status_code, "http_error"))
     error.status = exc.status_code
     response = json_error(error)
     for name, value in (exc.headers or {}).items():

@@ -7,6 +7,7 @@ error_handlers.py is the one place they become responses.
     │   ├── LoginFailed (400)       callback refused: state, iss, code exchange, ID token, IdP error=
     │   └── LogoutTokenInvalid (400 invalid_logout_token)
     ├── NotAuthenticated (401 not_authenticated)
+    │   └── SessionEnded (401 session_ended)   the BFF ended the session (refresh refused)
     ├── Forbidden (403 forbidden)
     │   └── CsrfRejected (403 csrf_rejected)
     ├── NotFound (404 not_found)
@@ -67,6 +68,11 @@ class NotAuthenticated(BFFError):
     status = 401
     code = "not_authenticated"
     message = "No valid session: log in first."
+
+
+class SessionEnded(NotAuthenticated):
+    code = "session_ended"
+    message = "The session has ended: log in again."
 
 
 class Forbidden(BFFError):

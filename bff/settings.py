@@ -71,6 +71,8 @@ SETTINGS_DOC: dict[str, str] = {
     "BFF_MAX_PENDING_LOGINS": "pending logins per browser",
     "BFF_MAX_SESSIONS_PER_USER": "session limit per user",
     "BFF_ID_TOKEN_ALGS": "allowed ID token algorithms",
+    "BFF_ID_TOKEN_MAX_IAT_AGE": "how old a fresh ID token may be",
+    "BFF_REDIS_TIMEOUT": "time limit of one session store operation",
     "BFF_REVOKE_ON_LOGOUT": "revoke refresh token at logout",
     "BFF_FETCH_USERINFO": "fetch UserInfo at login",
     "BFF_INSECURE_ALLOW_HTTP": "allow http:// for non-loopback hosts",
@@ -118,7 +120,7 @@ class Settings:
     workers: int = 1
     redis_url: str = field(default="redis://localhost:6379/0", repr=False)
     session_store: Literal["redis", "memory"] = "redis"
-    scopes: tuple[str, ...] = ("openid", "profile", "email", "offline_access")
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
     extra_auth_params: tuple[tuple[str, str], ...] = ()
     api_routes: tuple[ApiRoute, ...] = ()
     static_dir: Path | None = None
@@ -133,6 +135,8 @@ class Settings:
     max_pending_logins: int = 10
     max_sessions_per_user: int = 0
     id_token_algs: tuple[str, ...] = ASYMMETRIC_ALGS
+    id_token_max_iat_age: int = 600
+    redis_timeout: float = 2.0
     revoke_on_logout: bool = True
     fetch_userinfo: Literal["auto", "true", "false"] = "auto"
     insecure_allow_http: bool = False
@@ -212,6 +216,20 @@ class _Reader:
             return False
         self.problems.append(f"{name} must be true or false, got {value!r}")
         return default
+
+    def number(self, name: str, default: float, minimum: float, maximum: float) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            self.problems.append(f"{name} must be a number of seconds, got {value!r}")
+            return default
+        if not minimum <= number <= maximum:
+            self.problems.append(f"{name} must be between {minimum:g} and {maximum:g}, got {value}")
+            return default
+        return number
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.raw(name)
@@ -401,7 +419,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             except ValueError as exc:
                 r.problems.append(f"BFF_REDIS_URL: {exc}")
 
-    scopes = tuple((r.raw("BFF_SCOPES") or "openid profile email offline_access").split())
+    scopes = tuple((r.raw("BFF_SCOPES") or "openid profile email").split())
     if "openid" not in scopes:
         r.problems.append("BFF_SCOPES must include openid")
 
@@ -451,11 +469,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     samesite = r.choice("BFF_COOKIE_SAMESITE", "lax", ("lax", "strict"))
     secure = public_url.startswith("https://")
-    cookie_name = r.raw("BFF_COOKIE_NAME") or ("__Host-bff_session" if secure else "bff_session")
+    # __Host-Http- (RFC 10017): only an HttpOnly cookie set over https may carry it, so
+    # script cannot plant one; browsers without the rule still enforce the __Host- part.
+    cookie_name = r.raw("BFF_COOKIE_NAME") or ("__Host-Http-bff_session" if secure else "bff_session")
     if not cookie_name.replace("_", "").replace("-", "").isalnum():
         r.problems.append("BFF_COOKIE_NAME may hold only letters, digits, '-' and '_'")
-    if cookie_name.startswith("__Host-") and not secure:
-        r.problems.append("BFF_COOKIE_NAME with the __Host- prefix needs an https BFF_PUBLIC_URL")
+    if cookie_name.lower().startswith(("__host-", "__secure-", "__http-")) and not secure:
+        r.problems.append(
+            "BFF_COOKIE_NAME with a __Host-, __Http- or __Secure- prefix needs an https BFF_PUBLIC_URL"
+        )
 
     algs_raw = r.raw("BFF_ID_TOKEN_ALGS")
     algs: tuple[str, ...] = ASYMMETRIC_ALGS
@@ -487,6 +509,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         login_timeout=r.integer("BFF_LOGIN_TIMEOUT", 600, minimum=30, maximum=3600),
         max_pending_logins=r.integer("BFF_MAX_PENDING_LOGINS", 10, minimum=1),
         max_sessions_per_user=r.integer("BFF_MAX_SESSIONS_PER_USER", 0, minimum=0),
+        id_token_max_iat_age=r.integer("BFF_ID_TOKEN_MAX_IAT_AGE", 600, minimum=10, maximum=86400),
+        redis_timeout=r.number("BFF_REDIS_TIMEOUT", 2.0, minimum=0.1, maximum=60.0),
         revoke_on_logout=r.boolean("BFF_REVOKE_ON_LOGOUT", True),
         fetch_userinfo=r.choice("BFF_FETCH_USERINFO", "auto", ("auto", "true", "false")),
         max_body_size=r.integer("BFF_MAX_BODY_SIZE", 65536, minimum=1024),

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from .errors import IdPUnavailable, NotAuthenticated, ServiceUnavailable
+from .errors import IdPUnavailable, NotAuthenticated, ServiceUnavailable, SessionEnded
 from .metrics import Metrics
 from .oidc.client import OIDCClient, TokenResponse
 from .oidc.errors import OIDCError, TokenError
@@ -39,6 +39,7 @@ class TokenManager:
         refresh_skew: int,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        revoke: bool = True,
     ) -> None:
         self.store = store
         self.client = client
@@ -46,6 +47,7 @@ class TokenManager:
         self.skew = refresh_skew
         self.metrics = metrics
         self.clock = clock
+        self.revoke = revoke  # BFF_REVOKE_ON_LOGOUT: revoke the grants of sessions we end
         self._inflight: dict[str, asyncio.Task[Session]] = {}
 
     def is_fresh(self, session: Session) -> bool:
@@ -118,7 +120,7 @@ class TokenManager:
     async def _refresh(self, session: Session) -> Session:
         if not session.refresh_token:
             await self._end(session, "access token expired and no refresh token")
-            raise NotAuthenticated("The session's access token expired and it cannot be refreshed.")
+            raise SessionEnded("The session's access token expired and it cannot be refreshed.")
         try:
             tokens = await self.client.refresh(session.refresh_token)
         except TokenError as exc:
@@ -133,7 +135,7 @@ class TokenManager:
                     return again
                 self.metrics.refreshes.labels("invalid_grant").inc()
                 await self._end(session, "refresh token rejected (invalid_grant)")
-                raise NotAuthenticated("The session has ended at the identity provider.") from exc
+                raise SessionEnded("The session has ended at the identity provider.") from exc
             self.metrics.refreshes.labels("error").inc()
             audit.warning(
                 "refresh failed", extra={"event": "refresh_failed", "error": exc.error, "sub": session.sub}
@@ -142,39 +144,61 @@ class TokenManager:
         except IdPUnavailable:
             self.metrics.refreshes.labels("idp_unavailable").inc()
             raise
-        updated = await self._apply(session, tokens)
+        try:
+            updated = await self._apply(session, tokens)
+        except OIDCError as exc:
+            await self._refuse(session, tokens, exc)
+            raise SessionEnded(
+                "The identity provider's refresh answer could not be trusted; the session has ended."
+            ) from exc
         if not await self.store.update_tokens(updated):
             raise NotAuthenticated("The session ended during the refresh.")
         self.metrics.refreshes.labels("ok").inc()
         return updated
 
     async def _apply(self, session: Session, tokens: TokenResponse) -> Session:
-        id_token = None
+        """The session with the refresh's tokens, all or nothing: an ID token that fails
+        validation (OIDC Core §12.2: another subject, issuer, audience, a bad signature, a
+        stale iat) raises OIDCError and nothing of the answer is used."""
         if tokens.id_token:
-            try:
-                await validate_id_token(
-                    tokens.id_token,
-                    self.client.provider,
-                    await self.checks(),
-                    nonce=None,
-                    access_token=tokens.access_token,
-                    previous=jwt_claims(session.id_token),
-                )
-                id_token = tokens.id_token
-            except OIDCError as exc:
-                # The new tokens came over TLS from the token endpoint; keep the old ID
-                # token rather than adopt one that fails validation, and say so.
-                log.warning(
-                    "refreshed ID token refused; keeping the previous one", extra={"reason": exc.code}
-                )
+            await validate_id_token(
+                tokens.id_token,
+                self.client.provider,
+                await self.checks(),
+                nonce=None,
+                access_token=tokens.access_token,
+                previous=jwt_claims(session.id_token),
+            )
         return session.with_tokens(
             tokens.access_token,
             tokens.expires_at,
             tokens.refresh_token or session.refresh_token,
-            id_token,
+            tokens.id_token,
             tokens.lifetime,
         )
+
+    async def _refuse(self, session: Session, tokens: TokenResponse, exc: OIDCError) -> None:
+        """A refresh answer we do not trust: end the session and revoke both grants' tokens
+        (the new refresh token, and the old one in case the IdP did not rotate it)."""
+        self.metrics.refreshes.labels("refused").inc()
+        await self.store.delete(session.id)
+        audit.warning(
+            "refresh answer refused; session ended",
+            extra={"event": "refresh_refused", "reason": exc.code, "sub": session.sub},
+        )
+        for token in {t for t in (tokens.refresh_token, session.refresh_token) if t}:
+            await revoke_token(self.client, token, "refresh_token", self.revoke)
 
     async def _end(self, session: Session, why: str) -> None:
         await self.store.delete(session.id)
         audit.info("session ended", extra={"event": "session_ended", "reason": why, "sub": session.sub})
+
+
+async def revoke_token(client: OIDCClient, token: str, hint: str, enabled: bool = True) -> None:
+    """RFC 7009, best effort: the session is gone locally whatever the IdP answers."""
+    if not enabled:
+        return
+    try:
+        await client.revoke(token, hint)
+    except (IdPUnavailable, TokenError, OIDCError) as exc:
+        log.warning("token revocation failed", extra={"error": str(exc)})

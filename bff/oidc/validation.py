@@ -38,6 +38,7 @@ class Checks:
     algorithms: Collection[str]
     now: int
     skew: int
+    max_iat_age: int = 600  # how old an ID token fresh from the token endpoint may be
 
 
 class Expectations:
@@ -52,6 +53,7 @@ class Expectations:
         allowed: Collection[str],
         skew: int,
         clock: Callable[[], float],
+        max_iat_age: int = 600,
     ) -> None:
         self.provider = provider
         self.issuer = issuer
@@ -59,6 +61,7 @@ class Expectations:
         self.allowed = tuple(allowed)
         self.skew = skew
         self.clock = clock
+        self.max_iat_age = max_iat_age
 
     async def __call__(self) -> Checks:
         meta = await self.provider.metadata()
@@ -69,6 +72,7 @@ class Expectations:
             tuple(a for a in self.allowed if a in advertised),
             int(self.clock()),
             self.skew,
+            self.max_iat_age,
         )
 
 
@@ -178,6 +182,29 @@ def token_hash(value: str, alg: str) -> str:
     return base64.urlsafe_b64encode(digest[: len(digest) // 2]).decode().rstrip("=")
 
 
+def _audiences(claims: dict[str, Any]) -> set[str]:
+    aud = claims.get("aud")
+    if isinstance(aud, str):
+        return {aud}
+    return {a for a in aud if isinstance(a, str)} if isinstance(aud, list) else set()
+
+
+def _check_refreshed(claims: dict[str, Any], previous: dict[str, Any]) -> None:
+    """OIDC Core §12.2: an ID token from a refresh belongs to the original authentication."""
+    if claims.get("sub") != previous.get("sub"):
+        raise OIDCError("token_sub", "a refreshed ID token names a different subject")
+    if claims.get("iss") != previous.get("iss"):
+        raise OIDCError("token_iss", "a refreshed ID token names a different issuer")
+    if _audiences(claims) != _audiences(previous):
+        raise OIDCError("token_aud", "a refreshed ID token has a different audience")
+    if claims.get("azp") != previous.get("azp"):
+        raise OIDCError("token_azp", "a refreshed ID token has a different (or a new) azp")
+    if "auth_time" in claims and "auth_time" in previous and claims["auth_time"] != previous["auth_time"]:
+        raise OIDCError("token_auth_time", "a refreshed ID token carries another authentication time")
+    if "nonce" in claims and "nonce" in previous and claims["nonce"] != previous["nonce"]:
+        raise OIDCError("token_nonce", "a refreshed ID token carries another nonce")
+
+
 async def validate_id_token(
     token: str,
     provider: Provider,
@@ -191,22 +218,23 @@ async def validate_id_token(
 
     ``nonce`` is the value sent at login (required to match). ``previous`` holds the
     claims of the session's current ID token when validating one from a refresh
-    (OIDC Core §12.2: same iss, sub and aud).
+    (OIDC Core §12.2: same iss, sub, aud, azp and auth_time). A token endpoint hands out
+    ID tokens it has just made, so one whose ``iat`` is older than ``checks.max_iat_age``
+    (plus the skew) is refused: it is a replay or comes from a broken IdP.
     """
     claims = await verify_signature(token, provider, checks.algorithms)
     _check_common(claims, checks, exp_required=True)
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise OIDCError("token_sub", "the sub claim is missing")
+    if int(claims["iat"]) < checks.now - checks.max_iat_age - checks.skew:
+        raise OIDCError("token_iat_stale", "the ID token was issued too long ago")
     if "events" in claims:
         raise OIDCError("token_type", "a logout token was presented as an ID token")
     if nonce is not None and claims.get("nonce") != nonce:
         raise OIDCError("token_nonce", "the nonce claim does not match the login request")
     if previous is not None:
-        if sub != previous.get("sub"):
-            raise OIDCError("token_sub", "a refreshed ID token names a different subject")
-        if "nonce" in claims and "nonce" in previous and claims["nonce"] != previous["nonce"]:
-            raise OIDCError("token_nonce", "a refreshed ID token carries another nonce")
+        _check_refreshed(claims, previous)
     at_hash = claims.get("at_hash")
     if at_hash is not None and access_token is not None:
         alg = _header(token)["alg"]

@@ -19,7 +19,7 @@ from ..errors import (
     ServiceUnavailable,
     TooManyRequests,
 )
-from ..oidc.client import new_pkce
+from ..oidc.client import TokenResponse, new_pkce
 from ..oidc.errors import OIDCError, TokenError
 from ..oidc.validation import LOGOUT_TOKEN_MAX_AGE, validate_id_token, validate_logout_token
 from ..security.cookies import binding_hash
@@ -82,16 +82,48 @@ async def callback(request: Request) -> Response:
     svc = services(request)
     params = request.query_params
     state = params.get("state")
+    tx = await svc.store.take_transaction(state) if state else None
+    binding = svc.cookies.login_binding(request.headers.get("cookie", ""))
+    if tx is None or binding is None or not hmac.compare_digest(binding_hash(binding), tx.browser_binding):
+        return await _stray_callback(request, svc, state, tx, binding)
+    await _check_authorization_response(svc, params)
+    tokens, claims = await _redeem(svc, params.get("code"), tx)
+    userinfo = await _userinfo(svc, tokens.access_token, claims)
+    if tokens.refresh_token is None and "offline_access" in svc.settings.scopes:
+        log.warning(
+            "offline_access was requested but the IdP issued no refresh token; API access "
+            "ends when the access token expires (see BFF_SCOPES in docs/configuration.md)"
+        )
+    session = await _start_session(request, svc, tokens, claims, userinfo)
+    cookies = [svc.cookies.set_session(session.id)]
+    if await svc.store.pending_logins(tx.browser_binding) == 0:
+        cookies.append(svc.cookies.clear_login())  # no other tab of this browser is signing in
+    return _redirect(svc.settings.public_url + tx.return_to, *cookies)
+
+
+async def _stray_callback(
+    request: Request, svc: Services, state: str | None, tx: LoginTransaction | None, binding: str | None
+) -> Response:
+    """A callback whose login this browser cannot complete (used or expired state, no or
+    another login-binding cookie). A browser that is signed in already (a second tab's
+    late callback, a replayed callback URL) goes back to the app; any other is refused."""
+    if await current_session(request, touch=False) is not None:
+        log.info("callback for a browser that is signed in already; back to the application")
+        cookies = []
+        if binding is not None and await svc.store.pending_logins(binding_hash(binding)) == 0:
+            cookies.append(svc.cookies.clear_login())
+        return _redirect(svc.settings.public_url + (tx.return_to if tx else "/"), *cookies)
     if not state:
         raise _fail(svc, "missing_state", "The sign-in response has no state; start again.")
-    tx = await svc.store.take_transaction(state)
     if tx is None:
         raise _fail(
             svc, "unknown_state", "This sign-in response is unknown, already used or expired; start again."
         )
-    binding = svc.cookies.login_binding(request.headers.get("cookie", ""))
-    if binding is None or not hmac.compare_digest(binding_hash(binding), tx.browser_binding):
-        raise _fail(svc, "browser_mismatch", "This sign-in was started in another browser; start again here.")
+    raise _fail(svc, "browser_mismatch", "This sign-in was started in another browser; start again here.")
+
+
+async def _check_authorization_response(svc: Services, params: Any) -> None:
+    """RFC 9207 ``iss`` (mix-up defence) and the IdP's ``error``, before the code is used."""
     meta = await svc.provider.metadata()
     iss = params.get("iss")
     if iss is not None and iss != svc.settings.issuer:
@@ -107,7 +139,12 @@ async def callback(request: Request) -> Response:
             else (f"The identity provider refused the sign-in ({error}).")
         )
         raise _fail(svc, reason, text)
-    code = params.get("code")
+
+
+async def _redeem(
+    svc: Services, code: str | None, tx: LoginTransaction
+) -> tuple[TokenResponse, dict[str, Any]]:
+    """Exchange the code and validate the ID token fully: the tokens and the ID token's claims."""
     if not code:
         raise _fail(svc, "missing_code", "The sign-in response has no authorization code.")
     try:
@@ -126,18 +163,23 @@ async def callback(request: Request) -> Response:
         )
     except OIDCError as exc:
         raise _fail(svc, exc.code, f"The ID token was refused: {exc.message}.") from exc
-    userinfo = await _userinfo(svc, tokens.access_token, claims)
-    if tokens.refresh_token is None and "offline_access" in svc.settings.scopes:
-        log.warning(
-            "offline_access was requested but the IdP issued no refresh token; API access "
-            "ends when the access token expires (see BFF_SCOPES in docs/configuration.md)"
-        )
+    return tokens, claims
 
+
+async def _start_session(
+    request: Request,
+    svc: Services,
+    tokens: TokenResponse,
+    claims: dict[str, Any],
+    userinfo: dict[str, Any] | None,
+) -> Session:
+    """A new session (never the browser's previous one: session fixation), within the
+    per-user limit; the sessions the limit ends are revoked."""
     now = int(svc.clock())
-    # Session fixation: whatever session this browser had is ended; the new id is fresh.
     previous = await current_session(request, touch=False)
     if previous is not None:
         await svc.store.delete(previous.id)
+    assert tokens.id_token is not None
     session = Session(
         id=new_session_id(),
         sub=claims["sub"],
@@ -164,7 +206,7 @@ async def callback(request: Request) -> Response:
         )
     svc.metrics.logins_completed.inc()
     audit.info("login", extra={"event": "login", "sub": session.sub, "client": session.ip})
-    return _redirect(svc.settings.public_url + tx.return_to, svc.cookies.set_session(session.id))
+    return session
 
 
 # Claims that show a scope's answer made it into the ID token (OIDC Core §5.4).

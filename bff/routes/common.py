@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
 from starlette.requests import Request
 
-from ..errors import IdPUnavailable, NotAuthenticated
-from ..oidc.errors import OIDCError, TokenError
+from ..errors import NotAuthenticated
 from ..security.csrf import check_csrf
 from ..services import Services
 from ..session.models import Session
+from ..tokens import revoke_token
 
 
 def services(request: Request) -> Services:
@@ -45,14 +43,9 @@ async def require_session(request: Request) -> Session:
 async def revoke_tokens(svc: Services, session: Session) -> None:
     """Revoke an ended session's refresh token (or, without one, its access token) at the
     IdP (RFC 7009), best effort: the local session is gone already either way."""
-    if not svc.settings.revoke_on_logout:
-        return
     token, hint = (
         (session.refresh_token, "refresh_token")
         if session.refresh_token
         else (session.access_token, "access_token")
     )
-    try:
-        await svc.client.revoke(token, hint)
-    except (IdPUnavailable, TokenError, OIDCError) as exc:
-        logging.getLogger("bff.auth").warning("token revocation failed", extra={"error": str(exc)})
+    await revoke_token(svc.client, token, hint, svc.settings.revoke_on_logout)

@@ -116,3 +116,10 @@ async def end_all_sessions(request: Request) -> Response:
     response = Response(status_code=204)
     response.headers.append("set-cookie", svc.cookies.clear_session())
     return response
+
+
+async def sessions_collection(request: Request) -> Response:
+    """/bff/sessions: GET lists them, DELETE ends them all (one route, so a 405 names both)."""
+    if request.method == "DELETE":
+        return await end_all_sessions(request)
+    return await list_sessions(request)

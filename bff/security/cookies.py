@@ -78,7 +78,7 @@ class Cookies:
     def __init__(self, settings: Settings) -> None:
         self.session_name = settings.cookie_name
         secure = settings.secure_cookies
-        self.login_name = ("__Host-" if secure else "") + "bff_login"
+        self.login_name = ("__Host-Http-" if secure else "") + "bff_login"
         self._secure = secure
         self._samesite = settings.cookie_samesite
         self._max_age = settings.session_absolute_timeout
@@ -106,6 +106,9 @@ class Cookies:
 
     def clear_session(self) -> str:
         return self._header(self.session_name, "", 0, self._samesite)
+
+    def clear_login(self) -> str:
+        return self._header(self.login_name, "", 0, "lax")
 
     def login_binding(self, cookie_header: str) -> str | None:
         return self.login.decode(read_cookie(cookie_header, self.login_name))

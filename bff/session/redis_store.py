@@ -75,10 +75,11 @@ return 1
 # already replaces a connection that died while idle (e.g. across a Redis restart).
 # No socket_timeout either (redis-py 8 defaults to 5 s, so it is switched off explicitly):
 # with one, redis-py wraps every send in asyncio.wait_for (a new task per command) and every
-# read in a timer. RedisStore._guard bounds each whole operation with OPERATION_TIMEOUT and
-# _RedisLock each lock call, instead; a cancelled command closes its connection.
-_COMMON: dict[str, Any] = {"socket_connect_timeout": 2.0, "socket_timeout": None}
-OPERATION_TIMEOUT = 5.0  # seconds one store operation may take before it is a 503
+# read in a timer. RedisStore._guard bounds each whole operation (waiting for a connection
+# included) with BFF_REDIS_TIMEOUT and _RedisLock each lock call, instead; a cancelled
+# command closes its connection.
+_COMMON: dict[str, Any] = {"socket_timeout": None}
+DEFAULT_TIMEOUT = 2.0  # BFF_REDIS_TIMEOUT: seconds one store operation may take before it is a 503
 # A sentinel answers from memory: a slow one is skipped for the next one soon.
 _SENTINEL: dict[str, Any] = {
     "socket_connect_timeout": 1.0,
@@ -88,7 +89,6 @@ _SENTINEL: dict[str, Any] = {
 
 
 MAX_CONNECTIONS = 128  # per process
-POOL_TIMEOUT = 5.0  # seconds a request waits for a free connection before 503
 
 
 def _retry() -> Retry:
@@ -145,16 +145,17 @@ def check_url(url: str) -> None:
             raise ValueError(f"invalid database {path[1]!r} in the Redis Sentinel URL")
 
 
-def connect(url: str) -> Client:
+def connect(url: str, timeout: float = DEFAULT_TIMEOUT) -> Client:
     """A client for ``redis://``, ``rediss://``, ``redis+sentinel://`` or ``redis+cluster://``.
 
     Sentinel: ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``
     (port 26379 by default; the password is the data nodes', ``?sentinel_password=`` the
     sentinels'). Cluster: ``redis+cluster://[[user]:password@]host[:port][,host[:port]...]``
     (any nodes; the rest are discovered). ``rediss+`` uses TLS to the data nodes.
-    Every client fails fast: short timeouts and a single quick retry, so a request gets a
-    503 within seconds when the store cannot answer (see docs/redis.md).
+    Every client fails fast: a connect timeout of at most ``timeout`` and a single quick
+    retry; RedisStore bounds each whole operation by ``timeout`` (see docs/redis.md).
     """
+    common = {**_COMMON, "socket_connect_timeout": timeout}
     parts = urlsplit(url)
     scheme = parts.scheme
     if scheme in ("redis", "rediss", "unix"):
@@ -162,7 +163,7 @@ def connect(url: str) -> Client:
         # the pool's headroom is for the refresh locks. A plain pool: redis-py's blocking
         # pool costs a condition and a timer per command on the hot path.
         pool = aioredis.ConnectionPool.from_url(
-            url, max_connections=2 * MAX_CONNECTIONS, retry=_retry(), **_COMMON
+            url, max_connections=2 * MAX_CONNECTIONS, retry=_retry(), **common
         )
         return aioredis.Redis.from_pool(pool)  # the client owns (and closes) its pool
     ssl = scheme.startswith("rediss")
@@ -189,13 +190,13 @@ def connect(url: str) -> Client:
         # Their default (10 retries with backoff each) made a request wait ~15 s for its
         # 503 when no sentinel answered.
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            _nodes(hostlist, 26379), sentinel_kwargs=sentinel_kwargs, ssl=ssl, **_COMMON
+            _nodes(hostlist, 26379), sentinel_kwargs=sentinel_kwargs, ssl=ssl, **common
         )
         client = sentinel.master_for(
             service,
             connection_pool_class=_BlockingSentinelPool,
             max_connections=MAX_CONNECTIONS,
-            timeout=POOL_TIMEOUT,
+            timeout=timeout,
             db=db,
             retry=_retry(),
             **auth,
@@ -209,8 +210,8 @@ def connect(url: str) -> Client:
             # Per node. RedisStore lets at most MAX_CONNECTIONS operations run at once; the
             # rest is headroom for the refresh locks, which take connections of their own.
             max_connections=2 * MAX_CONNECTIONS,
-            socket_connect_timeout=2.0,
-            socket_timeout=5.0,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
             **auth,
         )
     raise ValueError(f"unsupported Redis URL scheme {scheme!r}")
@@ -221,26 +222,27 @@ def _h(value: str) -> str:
 
 
 class _RedisLock(StoreLock):
-    def __init__(self, lock: Lock) -> None:
+    def __init__(self, lock: Lock, timeout: float) -> None:
         self._lock = lock
+        self._timeout = timeout  # a hung Redis, not a held lock
 
     async def acquire(self, wait: float) -> bool:
         try:
-            async with asyncio.timeout(wait + OPERATION_TIMEOUT):  # a hung Redis, not a held lock
+            async with asyncio.timeout(wait + self._timeout):
                 return bool(await self._lock.acquire(blocking_timeout=wait))
         except (*_UNAVAILABLE, TimeoutError) as exc:
             raise StoreUnavailable() from exc
 
     async def extend(self) -> None:
         try:
-            async with asyncio.timeout(OPERATION_TIMEOUT):
+            async with asyncio.timeout(self._timeout):
                 await self._lock.reacquire()
         except (LockError, *_UNAVAILABLE, TimeoutError):
             return  # lost or unreachable: the refresh still completes, the waiters re-check
 
     async def release(self) -> None:
         try:
-            async with asyncio.timeout(OPERATION_TIMEOUT):
+            async with asyncio.timeout(self._timeout):
                 await self._lock.release()
         except (LockError, *_UNAVAILABLE, TimeoutError):
             return  # expired already or unreachable; it expires by itself
@@ -248,16 +250,22 @@ class _RedisLock(StoreLock):
 
 class RedisStore(SessionStore):
     def __init__(
-        self, client: Client, cipher: RecordCipher, idle_timeout: int, clock: Clock = time.time
+        self,
+        client: Client,
+        cipher: RecordCipher,
+        idle_timeout: int,
+        clock: Clock = time.time,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(idle_timeout, clock)
         self.r = client
         self.cipher = cipher
+        self.timeout = timeout
         self._touch = client.register_script(_TOUCH)
         self._update = client.register_script(_UPDATE)
         # redis-py's non-blocking pools raise at once past max_connections: operations wait
-        # here for a slot instead (up to POOL_TIMEOUT, then 503), which is also cheaper on
-        # the hot path than a blocking pool.
+        # here for a slot instead (within the operation's time limit, then 503), which is
+        # also cheaper on the hot path than a blocking pool.
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         # Session reads (one per proxied request) are auto-pipelined. Not on Cluster, where
         # a pipeline is split per node and its failure modes differ; there each read is
@@ -282,31 +290,23 @@ class RedisStore(SessionStore):
             return None  # unreadable (retired key, corrupt): treated as no session
 
     async def _guard(self, coro: Any) -> Any:
-        """Run one store operation (never nested); any Redis failure becomes StoreUnavailable."""
+        """Run one store operation (never nested) within ``timeout`` seconds, the wait for a
+        connection slot included; any Redis failure or the time running out becomes
+        StoreUnavailable (503)."""
+        acquired = False
         try:
-            await self._take_slot(self._slots)
-        except BaseException as exc:  # a timeout, or the request was cancelled meanwhile
-            coro.close()
-            if isinstance(exc, TimeoutError):
-                self.on_error()
-                raise StoreUnavailable() from None
-            raise
-        try:
-            async with asyncio.timeout(OPERATION_TIMEOUT):
+            async with asyncio.timeout(self.timeout):
+                await self._slots.acquire()
+                acquired = True
                 return await coro
         except (*_UNAVAILABLE, TimeoutError) as exc:
             self.on_error()
             raise StoreUnavailable() from exc
         finally:
-            self._slots.release()
-
-    @staticmethod
-    async def _take_slot(slots: asyncio.Semaphore) -> None:
-        if not slots.locked():
-            await slots.acquire()  # the usual case: no wait, no timer
-            return
-        async with asyncio.timeout(POOL_TIMEOUT):
-            await slots.acquire()
+            if acquired:
+                self._slots.release()
+            else:
+                coro.close()  # never started: no "coroutine was never awaited" warning
 
     async def _index_add(self, key: str, session: Session) -> None:
         pipe = self.r.pipeline(transaction=False)
@@ -474,12 +474,16 @@ class RedisStore(SessionStore):
         await self._guard(self.r.zrem(f"bff:tn:{tx.browser_binding}", state))
         return tx
 
+    async def pending_logins(self, browser_binding: str) -> int:
+        count = await self._guard(self.r.zcount(f"bff:tn:{browser_binding}", f"({self.now()}", "+inf"))
+        return int(count)
+
     # --- replay, locks, health ------------------------------------------------------
     async def remember_jti(self, jti: str, ttl: int) -> bool:
         return bool(await self._guard(self.r.set(f"bff:j:{_h(jti)}", b"1", nx=True, ex=max(ttl, 1))))
 
     def lock(self, name: str, timeout: float) -> StoreLock:
-        return _RedisLock(Lock(self.r, f"bff:l:{name}", timeout=timeout, sleep=0.05))
+        return _RedisLock(Lock(self.r, f"bff:l:{name}", timeout=timeout, sleep=0.05), self.timeout)
 
     async def count_sessions(self) -> int:
         async def run() -> int:

@@ -76,6 +76,10 @@ class SessionStore(ABC):
     async def take_transaction(self, state: str) -> LoginTransaction | None:
         """Fetch and delete in one step: a transaction can be used once."""
 
+    @abstractmethod
+    async def pending_logins(self, browser_binding: str) -> int:
+        """Unexpired logins a browser has started and not finished."""
+
     # --- replay, locks, health ------------------------------------------------------
     @abstractmethod
     async def remember_jti(self, jti: str, ttl: int) -> bool:
@@ -211,6 +215,10 @@ class MemoryStore(SessionStore):
         self._purge()
         entry = self._tx.pop(state, None)
         return entry[0] if entry else None
+
+    async def pending_logins(self, browser_binding: str) -> int:
+        self._purge()
+        return sum(1 for t, _ in self._tx.values() if t.browser_binding == browser_binding)
 
     async def remember_jti(self, jti: str, ttl: int) -> bool:
         self._purge()

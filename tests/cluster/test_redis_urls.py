@@ -13,7 +13,7 @@ import pytest
 from bff.errors import StoreUnavailable
 from bff.session.crypto import RecordCipher
 from bff.session.models import Session, new_session_id
-from bff.session.redis_store import MAX_CONNECTIONS, POOL_TIMEOUT, RedisStore, connect
+from bff.session.redis_store import DEFAULT_TIMEOUT, MAX_CONNECTIONS, RedisStore, connect
 from tests.cluster.redis_ha import cli
 from tests.support import free_port
 
@@ -59,7 +59,7 @@ def test_sentinel_url_hosts_default_port_ipv6_service_db_and_passwords():
     assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (3, "p@ss")
     assert pool.connection_kwargs.get("username") is None
     # A pool that waits for a free connection, like the single-server one.
-    assert (pool.max_connections, pool.timeout) == (MAX_CONNECTIONS, POOL_TIMEOUT)
+    assert (pool.max_connections, pool.timeout) == (MAX_CONNECTIONS, DEFAULT_TIMEOUT)
 
 
 def test_sentinel_url_with_user_and_the_defaults():

@@ -183,8 +183,8 @@ def test_sign_in_shows_claims_and_calls_the_api(stack: Stack, contexts: Callable
     assert seen[0]["azp"] == "bff"
     assert seen[0]["exp"] > seen[0]["seen_at"]
 
-    # The demo's BFF asks for "openid profile email" (see demo/stack.py, BFF_SCOPES); the
-    # realm still grants offline_access to clients that ask for it (the BFF's default).
+    # The demo's BFF asks for "openid profile email" (the default; see BFF_SCOPES); the
+    # realm still grants offline_access to clients that ask for it.
     client_uuid = stack.admin("GET", "/clients", params={"clientId": "bff"}).json()[0]["id"]
     optional = stack.admin("GET", f"/clients/{client_uuid}/optional-client-scopes").json()
     assert "offline_access" in {s["name"] for s in optional}

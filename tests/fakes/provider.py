@@ -103,7 +103,10 @@ class State:
             "advertise_revocation": True,
             "advertise_end_session": True,
             "default_user": "alice",
-            "misbehave": "",  # see _id_token
+            "misbehave": "",  # see id_token(); applies to the code exchange and refreshes
+            # Misbehaviour of refreshes only: any of id_token()'s, or "other_user" (the
+            # refresh answers with tokens of another user).
+            "refresh_misbehave": "",
             "authorize_error": "",  # e.g. access_denied
             "iss_override": None,  # value of the iss authorization-response parameter
             "token_delay": 0.0,
@@ -196,7 +199,13 @@ class State:
         return token
 
     def id_token(
-        self, user: dict[str, Any], nonce: str | None, sid: str, access_token: str, misbehave: str = ""
+        self,
+        user: dict[str, Any],
+        nonce: str | None,
+        sid: str,
+        access_token: str,
+        misbehave: str = "",
+        auth_time: int | None = None,
     ) -> str:
         now = int(time.time())
         claims: dict[str, Any] = {
@@ -205,7 +214,7 @@ class State:
             "aud": self.config["client_id"],
             "exp": now + self.config["id_ttl"],
             "iat": now,
-            "auth_time": now,
+            "auth_time": auth_time or now,  # the original authentication's time, also on refresh
             "sid": sid,
             "at_hash": token_hash(access_token),
         }
@@ -221,6 +230,14 @@ class State:
             claims.pop("nonce", None)
         elif m == "expired":
             claims["iat"], claims["exp"] = now - 7200, now - 3600
+        elif m == "stale_iat":  # a week old, yet not expired
+            claims["iat"] = now - 7 * 86400
+        elif m == "iat_hours_ago":
+            claims["iat"] = now - 5 * 3600
+        elif m == "auth_time_changed":
+            claims["auth_time"] = now - 12345
+        elif m == "azp_added":
+            claims["azp"] = self.config["client_id"]
         elif m == "future_iat":
             claims["iat"] = now + 3600
             claims["exp"] = now + 7200
@@ -447,19 +464,32 @@ def create_app(issuer: str) -> Starlette:
             "exp": time.time() + 60,
             "sid": secrets.token_hex(8),
             "used": False,
+            "auth_time": int(time.time()),
         }
         answer["code"] = code
         return RedirectResponse(f"{redirect}?{urlencode(answer)}", status_code=302)
 
     def issue(
-        user: dict[str, Any], nonce: str | None, sid: str, scope: str, with_id: bool, refresh: bool = False
+        user: dict[str, Any],
+        nonce: str | None,
+        sid: str,
+        scope: str,
+        with_id: bool,
+        refresh: bool = False,
+        auth_time: int | None = None,
     ) -> dict[str, Any]:
         ttl = st.config["access_ttl"]
         if refresh and st.config["refresh_access_ttl"] is not None:
             ttl = st.config["refresh_access_ttl"]
         access = st.access_token(user, sid, scope, ttl)
         new_refresh = secrets.token_urlsafe(32)
-        st.refresh[new_refresh] = {"user": user, "sid": sid, "scope": scope, "valid": True}
+        st.refresh[new_refresh] = {
+            "user": user,
+            "sid": sid,
+            "scope": scope,
+            "valid": True,
+            "auth_time": auth_time,
+        }
         body: dict[str, Any] = {
             "access_token": access,
             "token_type": "Bearer",
@@ -469,9 +499,10 @@ def create_app(issuer: str) -> Starlette:
         if st.config["issue_refresh_token"]:
             body["refresh_token"] = new_refresh
         if with_id:
-            misbehave = st.config["misbehave"]
+            misbehave = st.config["refresh_misbehave"] if refresh else ""
+            misbehave = misbehave or st.config["misbehave"]
             if misbehave != "no_id_token":
-                body["id_token"] = st.id_token(user, nonce, sid, access, misbehave)
+                body["id_token"] = st.id_token(user, nonce, sid, access, misbehave, auth_time)
                 st.id_tokens_issued.append(body["id_token"])
         return body
 
@@ -503,7 +534,9 @@ def create_app(issuer: str) -> Starlette:
             verifier = form.get("code_verifier", "")
             if b64url(hashlib.sha256(verifier.encode()).digest()) != entry["challenge"]:
                 return oauth_error("invalid_grant", "PKCE verification failed")
-            body = issue(entry["user"], entry["nonce"], entry["sid"], entry["scope"], True)
+            body = issue(
+                entry["user"], entry["nonce"], entry["sid"], entry["scope"], True, auth_time=entry["auth_time"]
+            )
             return JSONResponse(body, headers=headers)
         if grant == "refresh_token":
             if "scope" in form:
@@ -513,13 +546,17 @@ def create_app(issuer: str) -> Starlette:
             entry = st.refresh.get(form.get("refresh_token", ""))
             if entry is None or not entry["valid"]:
                 return oauth_error("invalid_grant", "refresh token invalid")
+            user = entry["user"]
+            if st.config["refresh_misbehave"] == "other_user":
+                user = next(u for u in USERS.values() if u["sub"] != user["sub"])
             body = issue(
-                entry["user"],
+                user,
                 None,
                 entry["sid"],
                 entry["scope"],
                 st.config["id_token_on_refresh"],
                 refresh=True,
+                auth_time=entry.get("auth_time"),
             )
             if st.config["rotate_refresh"]:
                 entry["valid"] = False

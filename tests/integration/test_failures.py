@@ -127,3 +127,40 @@ def test_graceful_shutdown_lets_in_flight_requests_complete(idp, redis_url, upst
         assert proc.proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
     finally:
         proc.stop()
+
+
+def test_a_hung_redis_answers_503_within_the_redis_timeout_and_recovers(idp, upstream, tmp_path):
+    """Redis accepts connections but answers nothing (SIGSTOP): /bff/user over real HTTP is a
+    503 within BFF_REDIS_TIMEOUT + 0.5 s, and the same session works again after SIGCONT."""
+    redis = RedisServer()
+    redis.start()
+    env = bff_env(idp, redis.url, "http://127.0.0.1:0", BFF_API_ROUTES=f"/api={upstream.url}")
+    proc = BffProc(env, log=tmp_path / "bff.log")
+    proc.env["BFF_PUBLIC_URL"] = proc.url
+    proc.start()
+    try:
+
+        async def login() -> dict[str, str]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                browser = Browser(client, proc.url)
+                await browser.login()
+                await browser.aclose()
+                return {"x-csrf": "1", **browser._cookie_header()}
+
+        headers = asyncio.run(login())
+        assert redis.proc is not None
+        redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            for path in ("/bff/user", "/api/echo"):
+                started = time.monotonic()
+                r = httpx.get(f"{proc.url}{path}", headers=headers, timeout=30)
+                elapsed = time.monotonic() - started
+                assert r.status_code == 503, r.text
+                assert r.json()["error"] == "session_store_unavailable"
+                assert elapsed < 2.0 + 0.5, f"{path} took {elapsed:.2f} s"
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+        assert httpx.get(f"{proc.url}/bff/user", headers=headers, timeout=30).status_code == 200
+    finally:
+        proc.stop()
+        redis.stop()

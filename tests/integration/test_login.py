@@ -149,3 +149,71 @@ async def test_userinfo_is_fetched_by_default_when_the_id_token_lacks_profile_cl
     assert idp.stats()["stats"]["userinfo"] == 1
     claims = (await other.get("/bff/user", csrf=True)).json()["claims"]
     assert claims["email"] == "alice@example.com" and claims["name"] == "Alice Example"
+
+
+async def test_after_a_login_round_trip_the_browser_holds_exactly_one_bff_cookie(bff):
+    _, browser = bff
+    r = await browser.login()
+    assert r.status_code == 302
+    cleared = [c for c in browser.last_set_cookies if c.startswith("bff_login=")]
+    assert cleared and "Max-Age=0" in cleared[0]
+    assert sorted(browser.cookies) == ["bff_session"]
+
+
+async def test_two_tabs_signing_in_keep_the_login_cookie_until_the_last_one_is_back(bff):
+    _, browser = bff
+    first = await browser.start_login("/one")
+    second = await browser.start_login("/two")
+    back_one = await browser.authorize(first.headers["location"])
+    back_two = await browser.authorize(second.headers["location"])
+    r = await browser.get(back_one.headers["location"])
+    assert r.headers["location"].endswith("/one")
+    assert "bff_login" in browser.cookies  # the other tab still needs it
+    r = await browser.get(back_two.headers["location"])
+    assert r.status_code == 302 and r.headers["location"].endswith("/two")
+    assert sorted(browser.cookies) == ["bff_session"]
+    assert (await browser.get("/bff/user", csrf=True)).status_code == 200
+
+
+async def test_a_late_callback_for_a_signed_in_browser_goes_back_to_the_app_signed_in(bff):
+    """A callback replayed (back button) or arriving after its login cookie is gone, in a
+    browser that is signed in already, returns to the application instead of an error page."""
+    _, browser = bff
+    r = await browser.start_login("/later")
+    back = await browser.authorize(r.headers["location"])
+    assert (await browser.get(back.headers["location"])).status_code == 302
+    session = browser.cookies["bff_session"]
+    again = await browser.get(back.headers["location"], headers={"accept": "text/html"})
+    assert again.status_code == 302, again.text
+    assert again.headers["location"] == "http://localhost:8080/"
+    assert browser.cookies["bff_session"] == session
+    assert (await browser.get("/bff/user", csrf=True)).status_code == 200
+
+
+async def test_a_replayed_callback_in_a_signed_out_browser_is_still_refused(bff):
+    _, browser = bff
+    r = await browser.start_login()
+    back = await browser.authorize(r.headers["location"])
+    assert (await browser.get(back.headers["location"])).status_code == 302
+    browser.cookies.clear()
+    r = await browser.get(back.headers["location"])
+    assert r.status_code == 400
+    assert r.json()["error"] == "unknown_state"
+
+
+async def test_an_id_token_issued_a_week_ago_is_refused_at_login(bff, idp):
+    _, browser = bff
+    idp.configure(misbehave="stale_iat")
+    r = await browser.login()
+    assert r.status_code == 400
+    assert r.json()["error"] == "token_iat_stale"
+    assert "bff_session" not in browser.cookies
+
+
+@pytest.mark.parametrize(("limit", "status"), [("600", 400), ("86400", 302)])
+async def test_the_id_token_age_limit_is_a_setting(make_bff, idp, limit, status):
+    """A five-hour-old ID token: refused under the default ten minutes, accepted under a day."""
+    idp.configure(misbehave="iat_hours_ago")
+    _, browser = await make_bff(BFF_ID_TOKEN_MAX_IAT_AGE=limit)
+    r = await browser.login()
+    assert r.status_code == status, r.text

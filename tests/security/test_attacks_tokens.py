@@ -17,6 +17,7 @@ import pytest
         "unknown_kid",
         "expired",
         "future_iat",
+        "stale_iat",
         "wrong_aud",
         "multi_aud_no_azp",
         "wrong_azp",

@@ -75,14 +75,25 @@ def test_a_cookie_signed_for_another_purpose_is_not_a_session_cookie():
     assert CookieCodec((SECRET,), "bff.session").decode(login_binding) is None
 
 
-def test_https_cookie_has_host_prefix_secure_httponly_lax():
+def test_https_cookie_has_host_http_prefix_secure_httponly_lax():
     cookies = Cookies(settings())
     header = cookies.set_session("the-id")
-    assert header.startswith("__Host-bff_session=")
+    assert header.startswith("__Host-Http-bff_session=")
     for attribute in ("HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Max-Age=43200"):
         assert attribute in header
     assert "Domain" not in header
-    assert cookies.session_id(f"__Host-bff_session={header.split('=', 1)[1].split(';')[0]}") == "the-id"
+    value = header.split("=", 1)[1].split(";")[0]
+    assert cookies.session_id(f"__Host-Http-bff_session={value}") == "the-id"
+    assert cookies.session_id(f"__Host-bff_session={value}") is None  # the old name is not read
+    assert cookies.new_login_binding()[1].startswith("__Host-Http-bff_login=")
+
+
+def test_the_login_cookie_is_cleared_with_its_own_attributes():
+    cookies = Cookies(settings())
+    cleared = cookies.clear_login()
+    assert cleared.startswith("__Host-Http-bff_login=")
+    for attribute in ("Max-Age=0", "Path=/", "Secure", "HttpOnly"):
+        assert attribute in cleared
 
 
 def test_strict_samesite_and_plain_http_names():

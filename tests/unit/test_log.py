@@ -21,6 +21,7 @@ def test_patterns_are_redacted():
         "Authorization: Basic Ym9iOnNlY3JldA==",
         "Cookie: bff_session=sess.sig; other=1",
         "__Host-bff_session=abc.def",
+        "__Host-Http-bff_session=abc.def; __Host-Http-bff_bound=abc.def",
         "client_secret=hunter2",
         "id_token_hint=" + JWT,
     ]

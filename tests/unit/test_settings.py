@@ -31,11 +31,12 @@ def test_defaults_follow_the_spec():
     assert (s.host, s.port) == ("127.0.0.1", 8080)
     assert s.discovery_url == "https://idp.example.com/realms/x/.well-known/openid-configuration"
     assert s.redis_url == "redis://localhost:6379/0" and s.session_store == "redis"
-    assert s.scopes == ("openid", "profile", "email", "offline_access")
+    assert s.scopes == ("openid", "profile", "email")  # no offline_access (see BFF_SCOPES)
     assert (s.session_idle_timeout, s.session_absolute_timeout) == (1800, 43200)
     assert s.post_logout_redirect_uri == "https://app.example.com/"
     assert s.redirect_uri == "https://app.example.com/bff/callback"
-    assert s.cookie_name == "__Host-bff_session" and s.secure_cookies
+    assert s.cookie_name == "__Host-Http-bff_session" and s.secure_cookies
+    assert (s.redis_timeout, s.id_token_max_iat_age) == (2.0, 600)
     assert s.token_refresh_skew == 60
 
 
@@ -88,6 +89,10 @@ def test_all_missing_required_settings_are_reported_together():
         ({"BFF_EXTRA_AUTH_PARAMS": "state=x"}, "may not set state"),
         ({"BFF_INSECURE_ALLOW_HTTP": "perhaps"}, "must be true or false"),
         ({"BFF_SESSION_STORE": "memory", "BFF_WORKERS": "2"}, "BFF_WORKERS must be 1"),
+        ({"BFF_REDIS_TIMEOUT": "soon"}, "BFF_REDIS_TIMEOUT must be a number of seconds"),
+        ({"BFF_REDIS_TIMEOUT": "0"}, "BFF_REDIS_TIMEOUT must be between 0.1 and 60"),
+        ({"BFF_REDIS_TIMEOUT": "0.5"}, None),
+        ({"BFF_ID_TOKEN_MAX_IAT_AGE": "5"}, "BFF_ID_TOKEN_MAX_IAT_AGE must be between 10 and 86400"),
     ],
 )
 def test_an_invalid_value_is_one_clear_line_naming_the_variable(env, needle):
