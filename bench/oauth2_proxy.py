@@ -65,9 +65,7 @@ CLIENT_SECRET = "test-secret"
 # --- build ---------------------------------------------------------------------------
 def _reported_version(binary: Path) -> str | None:
     try:
-        out = subprocess.run(
-            [str(binary), "--version"], capture_output=True, text=True, timeout=30
-        )
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
     match = re.search(r"oauth2-proxy (\S+)", out.stdout + out.stderr)
@@ -279,8 +277,7 @@ async def verify(url: str, cookie: str) -> dict[str, Any]:
         raise RuntimeError(f"upstream did not get one Bearer JWT: {auth!r}")
     token = auth[0][7:]
     header, payload = (
-        json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-        for part in token.split(".")[:2]
+        json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))) for part in token.split(".")[:2]
     )
     if header.get("typ") != "at+jwt":  # the provider's access tokens; ID tokens are "JWT"
         raise RuntimeError(f"the Bearer token is not the access token: {header}")
@@ -334,4 +331,9 @@ def section_oauth2_proxy(stack: Any, results: dict[str, Any], suite: ModuleType 
             f"  BFF vs oauth2-proxy (this run): req/s {bff['bff']['rps'] / through['rps']:.2f} x, "
             f"CPU per request {bff['cpu_us'] / cpu_us:.2f} x"
         )
-    results["oauth2_proxy"] = {"version": VERSION, "direct": direct, "oauth2_proxy": through, "cpu_us": cpu_us}
+    results["oauth2_proxy"] = {
+        "version": VERSION,
+        "direct": direct,
+        "oauth2_proxy": through,
+        "cpu_us": cpu_us,
+    }

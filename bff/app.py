@@ -23,11 +23,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from .error_handlers import handle_bff_error, handle_http_exception, handle_unexpected
+from .error_handlers import handle_bff_error, handle_http_exception, handle_protocol_error, handle_unexpected
 from .errors import BFFError
 from .metrics import Metrics
 from .middleware import Edge
 from .oidc.client import OIDCClient
+from .oidc.errors import OIDCError, TokenError
 from .oidc.provider import Provider
 from .oidc.validation import Expectations
 from .proxy import Proxy
@@ -86,6 +87,8 @@ class BFFApp:
             routes=routes,
             exception_handlers={
                 BFFError: handle_bff_error,
+                OIDCError: handle_protocol_error,
+                TokenError: handle_protocol_error,
                 HTTPException: handle_http_exception,
                 Exception: handle_unexpected,
             },
@@ -190,6 +193,7 @@ def create_app(
         Route("/login", auth.login, methods=["GET"]),
         Route("/callback", auth.callback, methods=["GET"]),
         Route("/logout", auth.logout, methods=["GET", "POST"]),
+        Route("/post-logout", auth.post_logout, methods=["GET"]),
         Route("/backchannel-logout", auth.backchannel_logout, methods=["POST"]),
         Route("/user", user.user, methods=["GET"]),
         Route("/sessions", sessions.sessions_collection, methods=["GET", "DELETE"]),

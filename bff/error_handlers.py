@@ -15,7 +15,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from .errors import BFFError, NotAuthenticated
+from .errors import BFFError, IdPError, NotAuthenticated
+from .oidc.errors import OIDCError, TokenError
 
 log = logging.getLogger("bff.errors")
 
@@ -42,8 +43,8 @@ def wants_html(request: Request) -> bool:
     return request.method == "GET" and "text/html" in accept
 
 
-def page_error(exc: BFFError) -> Response:
-    title = "Sign-in failed" if exc.status < 500 else "Service unavailable"
+def page_error(exc: BFFError, title: str | None = None) -> Response:
+    title = title or ("Sign-in failed" if exc.status < 500 else "Service unavailable")
     body = _PAGE.format(title=title, message=html.escape(exc.message), code=html.escape(exc.code))
     return HTMLResponse(body, status_code=exc.status, headers={"Cache-Control": "no-store"})
 
@@ -77,6 +78,18 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def from_protocol_error(exc: OIDCError | TokenError) -> BFFError:
+    """An IdP answer that broke the protocol where no caller translated it: 502, named."""
+    code = exc.code if isinstance(exc, OIDCError) else exc.error
+    return IdPError(f"The identity provider's answer could not be used ({code}).")
+
+
+async def handle_protocol_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, OIDCError | TokenError)
+    log.warning("identity provider answer refused", extra={"error": str(exc)})
+    return await handle_bff_error(request, from_protocol_error(exc))
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

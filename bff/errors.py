@@ -15,6 +15,7 @@ error_handlers.py is the one place they become responses.
     ├── TooManyRequests (429 too_many_requests)
     ├── HeadersTooLarge (431 headers_too_large)
     ├── UpstreamUnavailable (502 upstream_unavailable)
+    ├── IdPError (502 idp_error)    an IdP answer that breaks the protocol
     ├── ServiceUnavailable (503)
     │   ├── IdPUnavailable (503 idp_unavailable)
     │   └── StoreUnavailable (503 session_store_unavailable)
@@ -22,7 +23,8 @@ error_handlers.py is the one place they become responses.
 
 OIDC-level failures that are not yet tied to a request (bad ID token, IdP answered
 with an OAuth error) are raised as ``OIDCError`` / ``TokenError`` from bff.oidc and
-translated by the caller, which knows whether it is a login, a refresh or a logout.
+translated by the caller, which knows whether it is a login, a refresh or a logout; one
+that no caller translated becomes IdPError (error_handlers.from_protocol_error).
 """
 
 from __future__ import annotations
@@ -114,6 +116,12 @@ class UpstreamUnavailable(BFFError):
     status = 502
     code = "upstream_unavailable"
     message = "The upstream API could not be reached."
+
+
+class IdPError(BFFError):
+    status = 502
+    code = "idp_error"
+    message = "The identity provider's answer could not be used."
 
 
 class ServiceUnavailable(BFFError):

@@ -28,9 +28,9 @@ from .settings import Settings
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
-# Cross-site requests are expected here: the IdP redirects the browser to the callback
-# and posts logout tokens to the back-channel endpoint.
-CROSS_SITE_ALLOWED = frozenset({"/bff/callback", "/bff/backchannel-logout"})
+# Cross-site requests are expected here: the IdP redirects the browser to the callback and
+# back after logout, and posts logout tokens to the back-channel endpoint.
+CROSS_SITE_ALLOWED = frozenset({"/bff/callback", "/bff/post-logout", "/bff/backchannel-logout"})
 
 
 class TrustedProxies:

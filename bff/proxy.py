@@ -25,6 +25,8 @@ import aiohttp
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
+from .challenges import challenge_error
+from .error_handlers import from_protocol_error
 from .errors import (
     BadRequest,
     BFFError,
@@ -33,7 +35,9 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from .oidc.errors import OIDCError, TokenError
 from .services import Services
+from .session.models import Session
 from .settings import ApiRoute
 
 log = logging.getLogger("bff.proxy")
@@ -96,6 +100,11 @@ class _Route:
     origin: str
     timeout: aiohttp.ClientTimeout
     latency: Any  # the route's child of the latency histogram, looked up once
+
+
+def _token_refused(response: aiohttp.ClientResponse) -> bool:
+    """An RFC 6750 ``invalid_token`` challenge: the upstream says the token itself is bad."""
+    return challenge_error(response.headers.getall("www-authenticate", []), "bearer") == "invalid_token"
 
 
 def check_path(raw: bytes) -> None:
@@ -203,7 +212,10 @@ class Proxy:
 
     async def handle(self, route: _Route, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            status = await self._forward(route, scope, receive, send)
+            try:
+                status = await self._forward(route, scope, receive, send)
+            except (OIDCError, TokenError) as exc:
+                raise from_protocol_error(exc) from exc
         except BFFError as exc:
             if exc.status >= 500:  # the same warning the other endpoints log for their 5xx
                 log.warning("request failed", extra={"code": exc.code, "route": route.config.prefix})
@@ -213,7 +225,9 @@ class Proxy:
         if "state" in scope:
             scope["state"]["status"] = status
 
-    def _headers(self, scope: Scope, token: str | None) -> list[tuple[str, str]]:
+    def _headers(self, scope: Scope) -> list[tuple[str, str]]:
+        """The browser's headers the upstream may see, plus the forwarding headers we vouch
+        for; the credential is added per attempt (``_call``)."""
         raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
         connection_listed: set[str] = set()
         for k, v in raw_headers:
@@ -237,21 +251,46 @@ class Proxy:
         out.append(("x-forwarded-host", self.forwarded_host.decode()))
         if "request_id" in state:
             out.append(("x-request-id", state["request_id"]))
-        if token is not None:
-            out.append(("authorization", f"Bearer {token}"))
         return out
 
-    async def _token(self, route: _Route, cookie: bytes) -> str | None:
+    async def _credential(self, route: _Route, cookie: bytes) -> tuple[Session | None, str | None]:
+        """The session (if any) and the access token this route's upstream gets."""
         policy = route.config.token
         if policy == "none":
-            return None
+            return None, None
         session_id = self.svc.cookies.session_id(cookie.decode("latin-1"))
         session = await self.svc.store.load(session_id) if session_id else None
         if session is None:
             if policy == "user":
                 raise NotAuthenticated()
-            return None
-        return await self.svc.tokens.access_token(session)
+            return None, None
+        if not self.svc.tokens.is_fresh(session):
+            session = await self.svc.tokens.fresh_session(session)
+        return session, session.access_token
+
+    def _target(self, route: _Route, scope: Scope) -> str:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        check_path(raw_path)
+        rest = raw_path[len(route.prefix) :] if route.config.strip_prefix else raw_path
+        target = route.origin + ((route.base_path + rest) or b"/").decode("latin-1")
+        query: bytes = scope.get("query_string", b"")
+        if query:
+            target += "?" + query.decode("latin-1")
+        return target
+
+    async def _body(self, receive: Receive, content_length: bytes | None, chunked: bool) -> tuple[Any, bool]:
+        """(the body to send, whether the request can be sent again). A body of known length
+        up to BFF_RETRY_BODY_LIMIT is read first, so a refused token can be retried; a
+        larger or chunked one streams through and is never sent twice."""
+        if content_length is None:
+            return (self._stream(receive), False) if chunked else (None, True)
+        if not content_length.isdigit():
+            raise BadRequest("Invalid Content-Length.")
+        if content_length == b"0":
+            return b"", True
+        if int(content_length) > self.svc.settings.retry_body_limit:
+            return self._stream(receive), False
+        return b"".join([chunk async for chunk in self._stream(receive)]), True
 
     async def _forward(self, route: _Route, scope: Scope, receive: Receive, send: Send) -> int:
         csrf = content_length = None
@@ -268,28 +307,40 @@ class Proxy:
                 chunked = True
         if csrf != b"1":
             raise CsrfRejected()
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        check_path(raw_path)
-        rest = raw_path[len(route.prefix) :] if route.config.strip_prefix else raw_path
-        target = route.origin + ((route.base_path + rest) or b"/").decode("latin-1")
-        query: bytes = scope.get("query_string", b"")
-        if query:
-            target += "?" + query.decode("latin-1")
-        token = await self._token(route, cookie)
-        headers = self._headers(scope, token)
-        body: Any = None
-        if content_length is not None:
-            if not content_length.isdigit():
-                raise BadRequest("Invalid Content-Length.")
+        target = self._target(route, scope)
+        session, token = await self._credential(route, cookie)
+        headers = self._headers(scope)
+        if content_length is not None and content_length.isdigit():
             headers.append(("content-length", content_length.decode()))
-            body = self._stream(receive) if content_length != b"0" else b""
-        elif chunked:
-            body = self._stream(receive)
+        body, replayable = await self._body(receive, content_length, chunked)
+        response = await self._call(route, scope["method"], target, headers, token, body)
+        if session is not None and replayable and response.status == 401 and _token_refused(response):
+            renewed = await self.svc.tokens.after_refusal(session)
+            if renewed is not None:  # one retry with the new token (RFC 6750 invalid_token)
+                response.release()
+                token = renewed.access_token
+                response = await self._call(route, scope["method"], target, headers, token, body)
+        try:
+            return await self._relay(route, scope, send, response)
+        finally:
+            response.release()
+
+    async def _call(
+        self,
+        route: _Route,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        token: str | None,
+        body: Any,
+    ) -> aiohttp.ClientResponse:
+        if token is not None:
+            headers = [*headers, ("authorization", f"Bearer {token}")]
         client = self._clients[route.origin]
         started = time.perf_counter()
         try:
             response = await client.request(
-                scope["method"],
+                method,
                 URL(target, encoded=True),
                 headers=headers,
                 data=body,
@@ -305,37 +356,37 @@ class Proxy:
             )
             raise UpstreamUnavailable() from exc
         route.latency.observe(time.perf_counter() - started)
-        try:
-            out_headers = [
-                (k.lower(), v)
-                for k, v in response.raw_headers
-                if k.decode("latin-1").lower() not in _RESPONSE_DROP
-            ]
-            length = response.content_length
-            if length is not None and length <= 65536 and response.status not in (204, 304):
-                try:
-                    data = await response.read()
-                except TimeoutError as exc:
-                    raise UpstreamTimeout() from exc
-                except aiohttp.ClientError as exc:
-                    raise UpstreamUnavailable() from exc
-                out_headers.append((b"content-length", str(len(data)).encode()))
-                await self._respond(scope, send, response.status, out_headers, data)
-                return response.status
-            if length is not None:
-                out_headers.append((b"content-length", str(length).encode()))
-            await send(self._start(scope, response.status, out_headers))
+        return response
+
+    async def _relay(self, route: _Route, scope: Scope, send: Send, response: aiohttp.ClientResponse) -> int:
+        out_headers = [
+            (k.lower(), v)
+            for k, v in response.raw_headers
+            if k.decode("latin-1").lower() not in _RESPONSE_DROP
+        ]
+        length = response.content_length
+        if length is not None and length <= 65536 and response.status not in (204, 304):
             try:
-                async for chunk in response.content.iter_any():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except (TimeoutError, aiohttp.ClientError):
-                # Headers are gone already: the only honest signal left is a cut connection.
-                log.warning("upstream failed mid-response", extra={"route": route.config.prefix})
-                raise
-            await send({"type": "http.response.body", "body": b""})
+                data = await response.read()
+            except TimeoutError as exc:
+                raise UpstreamTimeout() from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamUnavailable() from exc
+            out_headers.append((b"content-length", str(len(data)).encode()))
+            await self._respond(scope, send, response.status, out_headers, data)
             return response.status
-        finally:
-            response.release()
+        if length is not None:
+            out_headers.append((b"content-length", str(length).encode()))
+        await send(self._start(scope, response.status, out_headers))
+        try:
+            async for chunk in response.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (TimeoutError, aiohttp.ClientError):
+            # Headers are gone already: the only honest signal left is a cut connection.
+            log.warning("upstream failed mid-response", extra={"route": route.config.prefix})
+            raise
+        await send({"type": "http.response.body", "body": b""})
+        return response.status
 
     @staticmethod
     async def _stream(receive: Receive) -> AsyncIterator[bytes]:

@@ -66,6 +66,8 @@ SETTINGS_DOC: dict[str, str] = {
     "BFF_COOKIE_NAME": "session cookie name",
     "BFF_COOKIE_SAMESITE": "session cookie SameSite",
     "BFF_TOKEN_REFRESH_SKEW": "refresh ahead of expiry",
+    "BFF_ASSUMED_TOKEN_LIFETIME": "lifetime of a token whose response has no expires_in",
+    "BFF_RETRY_BODY_LIMIT": "largest request body buffered so a proxied call can be retried",
     "BFF_CLOCK_SKEW": "clock skew tolerance",
     "BFF_LOGIN_TIMEOUT": "login transaction lifetime",
     "BFF_MAX_PENDING_LOGINS": "pending logins per browser",
@@ -130,11 +132,13 @@ class Settings:
     cookie_name: str = ""
     cookie_samesite: SameSite = "lax"
     token_refresh_skew: int = 60
+    assumed_token_lifetime: int = 300
+    retry_body_limit: int = 65536
     clock_skew: int = 60
     login_timeout: int = 600
     max_pending_logins: int = 10
     max_sessions_per_user: int = 0
-    id_token_algs: tuple[str, ...] = ASYMMETRIC_ALGS
+    id_token_algs: tuple[str, ...] = ("RS256",)
     id_token_max_iat_age: int = 600
     redis_timeout: float = 2.0
     revoke_on_logout: bool = True
@@ -480,7 +484,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         )
 
     algs_raw = r.raw("BFF_ID_TOKEN_ALGS")
-    algs: tuple[str, ...] = ASYMMETRIC_ALGS
+    # OIDC Core §3.1.3.7 step 7: the registered id_token_signed_response_alg, RS256 unless
+    # registered otherwise; anything else the IdP merely advertises is refused.
+    algs: tuple[str, ...] = ("RS256",)
     if algs_raw:
         algs = tuple(a.strip() for a in algs_raw.split(",") if a.strip())
         bad = [a for a in algs if a not in ASYMMETRIC_ALGS]
@@ -505,6 +511,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         use_par=r.boolean("BFF_USE_PAR", False),
         session_store=store,
         token_refresh_skew=r.integer("BFF_TOKEN_REFRESH_SKEW", 60, minimum=0),
+        assumed_token_lifetime=r.integer("BFF_ASSUMED_TOKEN_LIFETIME", 300, minimum=10, maximum=86400),
+        retry_body_limit=r.integer("BFF_RETRY_BODY_LIMIT", 65536, minimum=0, maximum=16 * 1024 * 1024),
         clock_skew=r.integer("BFF_CLOCK_SKEW", 60, minimum=0, maximum=600),
         login_timeout=r.integer("BFF_LOGIN_TIMEOUT", 600, minimum=30, maximum=3600),
         max_pending_logins=r.integer("BFF_MAX_PENDING_LOGINS", 10, minimum=1),

@@ -28,6 +28,9 @@ audit = logging.getLogger("bff.audit")
 
 LOCK_TIMEOUT = 10.0  # seconds a lock lives without renewal
 LOCK_WAIT = 30.0  # how long a request waits for another process's refresh
+# An access token an upstream refuses this soon after it was obtained is not refreshed
+# again: an upstream that refuses every token must not cause one refresh per request.
+REFUSED_MIN_AGE = 2
 
 
 class TokenManager:
@@ -72,15 +75,29 @@ class TokenManager:
             return session.access_token
         return (await self.fresh_session(session)).access_token
 
-    async def fresh_session(self, session: Session) -> Session:
+    async def after_refusal(self, session: Session) -> Session | None:
+        """An upstream refused the session's access token as invalid (RFC 6750
+        ``invalid_token``) before its expiry: the session with a new one, refreshed once and
+        shared like any refresh; None when a refresh cannot help (no refresh token, or the
+        token is only seconds old)."""
+        if not session.refresh_token:
+            return None
+        obtained = session.access_expires_at - session.access_lifetime
+        if session.access_expires_at and self.clock() - obtained < REFUSED_MIN_AGE:
+            return None
+        self.metrics.refreshes.labels("upstream_refused").inc()
+        return await self.fresh_session(session, force=True)
+
+    async def fresh_session(self, session: Session, force: bool = False) -> Session:
         """The session with a refreshed token; one refresh task per session in this process.
+        ``force`` refreshes a token that has not reached its skew yet.
 
         The refresh runs in a task of its own, so a caller that goes away (a closed
         browser tab) does not cancel it for the other requests waiting on it.
         """
         task = self._inflight.get(session.id)
         if task is None:
-            task = asyncio.create_task(self._refresh_shared(session))
+            task = asyncio.create_task(self._refresh_shared(session, force))
             self._inflight[session.id] = task
             task.add_done_callback(lambda t: self._done(session.id, t))
         return await asyncio.shield(task)
@@ -90,7 +107,7 @@ class TokenManager:
         if not task.cancelled():
             task.exception()  # retrieved here: every waiter may have gone away
 
-    async def _refresh_shared(self, session: Session) -> Session:
+    async def _refresh_shared(self, session: Session, force: bool) -> Session:
         lock = self.store.lock(f"refresh:{session.id}", LOCK_TIMEOUT)
         async with locked(lock, LOCK_WAIT) as held:
             if not held:
@@ -99,7 +116,7 @@ class TokenManager:
             current = await self.store.load(session.id, touch=False)
             if current is None:
                 raise NotAuthenticated("The session has ended.")
-            if current.access_token != session.access_token or self.is_fresh(current):
+            if current.access_token != session.access_token or (not force and self.is_fresh(current)):
                 # Someone else refreshed while we waited for the lock: use their result.
                 self.metrics.refreshes.labels("shared").inc()
                 return current

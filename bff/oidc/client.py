@@ -33,8 +33,8 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 @dataclass(frozen=True, slots=True)
 class TokenResponse:
     access_token: str
-    expires_at: int  # 0 when the IdP did not say
-    lifetime: int  # expires_in as given (0 when absent)
+    expires_at: int
+    lifetime: int  # expires_in as given, or the assumed lifetime when absent
     refresh_token: str | None
     id_token: str | None
     scope: str | None
@@ -221,11 +221,13 @@ class OIDCClient:
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
             raise TokenError("invalid_response", f"unsupported token_type {token_type!r}")
         expires_in = data.get("expires_in")
-        expires_at = lifetime = 0
+        # expires_in is only RECOMMENDED (RFC 6749 §5.1): without it the token is assumed to
+        # live BFF_ASSUMED_TOKEN_LIFETIME, so it is still refreshed (never "forever").
+        lifetime = self.settings.assumed_token_lifetime
         numeric = isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
         if numeric or (isinstance(expires_in, str) and expires_in.isdigit()):
             lifetime = max(int(expires_in), 0)  # type: ignore[arg-type]
-            expires_at = int(time.time()) + lifetime
+        expires_at = int(time.time()) + lifetime
         refresh_token = data.get("refresh_token")
         id_token = data.get("id_token")
         scope = data.get("scope")
@@ -270,14 +272,19 @@ class OIDCClient:
             self._raise_for_error(response)
         return True
 
-    async def userinfo(self, access_token: str, expected_sub: str) -> dict[str, Any]:
+    async def userinfo(self, access_token: str) -> dict[str, Any] | str:
+        """The UserInfo answer: its JSON claims, or the signed JWT (``application/jwt``, OIDC
+        Core §5.3.2) for validation.validate_userinfo to check. ``{}`` without an endpoint."""
         meta = await self.provider.metadata()
         if meta.userinfo_endpoint is None:
             return {}
         try:
             response = await self.http.get(
                 meta.userinfo_endpoint,
-                headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
+                headers={
+                    "Authorization": f"Bearer {access_token}",
+                    "Accept": "application/json, application/jwt",
+                },
             )
         except httpx.HTTPError as exc:
             raise IdPUnavailable("The identity provider could not be reached (userinfo).") from exc
@@ -285,12 +292,17 @@ class OIDCClient:
             raise IdPUnavailable("The identity provider failed (userinfo).")
         if response.status_code != 200:
             raise OIDCError("userinfo_failed", f"UserInfo answered {response.status_code}")
-        data = self._json(response)
-        if data.get("sub") != expected_sub:
-            raise OIDCError("userinfo_sub", "UserInfo names a different subject than the ID token")
-        return data
+        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "application/jwt":
+            return response.text.strip()
+        try:
+            return self._json(response)
+        except TokenError as exc:
+            raise OIDCError("userinfo_invalid", exc.description) from None
 
-    async def end_session_url(self, id_token_hint: str | None, post_logout_redirect_uri: str) -> str | None:
+    async def end_session_url(
+        self, id_token_hint: str | None, post_logout_redirect_uri: str, state: str | None = None
+    ) -> str | None:
         """The IdP's RP-initiated logout URL, or None when it has no end_session_endpoint."""
         meta = await self.provider.metadata()
         if meta.end_session_endpoint is None:
@@ -298,4 +310,6 @@ class OIDCClient:
         params = {"client_id": self.settings.client_id, "post_logout_redirect_uri": post_logout_redirect_uri}
         if id_token_hint:
             params["id_token_hint"] = id_token_hint
+        if state:
+            params["state"] = state
         return _with_query(meta.end_session_endpoint, params)

@@ -163,7 +163,7 @@ class Provider:
                 await self.metadata()
                 await self.keys()
                 return
-            except (IdPUnavailable, OIDCError) as exc:
+            except Exception as exc:  # anything the IdP serves must not end the retries
                 log.warning(
                     "IdP metadata not loaded yet; retrying", extra={"error": str(exc), "retry_in": delay}
                 )
@@ -196,8 +196,9 @@ class Provider:
                 return self._keys
             try:
                 return await self._fetch_keys()
-            except IdPUnavailable:
+            except (IdPUnavailable, OIDCError) as exc:
                 if self._keys is not None:  # keep validating with the keys we have
+                    log.warning("IdP JWKS refetch failed; keeping the cached keys", extra={"error": str(exc)})
                     return self._keys
                 raise
 
@@ -213,5 +214,5 @@ class Provider:
             self._last_refetch = now
             try:
                 return await self._fetch_keys()
-            except IdPUnavailable:
+            except (IdPUnavailable, OIDCError):
                 return None

@@ -111,7 +111,12 @@ async def verify_signature(token: str, provider: Provider, algorithms: Collectio
     if not isinstance(alg, str) or alg.lower() == "none":
         raise OIDCError("token_alg", "unsigned tokens (alg none) are refused")
     if alg not in algorithms:
-        raise OIDCError("token_alg", f"algorithm {alg} is not allowed")
+        allowed = ", ".join(algorithms) or "none the IdP advertises"
+        raise OIDCError(
+            "token_alg",
+            f"algorithm {alg} is not allowed (BFF_ID_TOKEN_ALGS, intersected with the IdP's metadata,"
+            f" allows {allowed})",
+        )
     if "crit" in header:
         raise OIDCError("token_crit", "critical header extensions are not supported")
     keys = list((await provider.keys()).keys)
@@ -241,6 +246,25 @@ async def validate_id_token(
         if at_hash != token_hash(access_token, alg):
             raise OIDCError("token_at_hash", "the at_hash claim does not match the access token")
     return claims
+
+
+async def validate_userinfo(
+    answer: dict[str, Any] | str, provider: Provider, checks: Checks, expected_sub: str
+) -> dict[str, Any]:
+    """UserInfo claims (OIDC Core §5.3.2, §5.3.4): a signed answer must verify with the IdP's
+    keys and an allowed algorithm, and its ``iss`` and ``aud`` (when present) name the IdP
+    and this client; either form must name the ID token's ``sub``."""
+    if isinstance(answer, str):
+        claims = await verify_signature(answer, provider, checks.algorithms)
+        if "iss" in claims and claims["iss"] != checks.issuer:
+            raise OIDCError("userinfo_iss", "the signed UserInfo names another issuer")
+        if "aud" in claims and checks.client_id not in _audiences(claims):
+            raise OIDCError("userinfo_aud", "the signed UserInfo is for another client")
+    else:
+        claims = answer
+    if claims.get("sub") != expected_sub:
+        raise OIDCError("userinfo_sub", "UserInfo names a different subject than the ID token")
+    return {k: v for k, v in claims.items() if k not in ("iss", "aud", "iat", "exp", "nbf", "jti")}
 
 
 async def validate_logout_token(token: str, provider: Provider, checks: Checks) -> dict[str, Any]:

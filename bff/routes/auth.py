@@ -11,6 +11,7 @@ from urllib.parse import parse_qs
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from ..error_handlers import json_error, page_error, wants_html
 from ..errors import (
     BadRequest,
     IdPUnavailable,
@@ -21,7 +22,12 @@ from ..errors import (
 )
 from ..oidc.client import TokenResponse, new_pkce
 from ..oidc.errors import OIDCError, TokenError
-from ..oidc.validation import LOGOUT_TOKEN_MAX_AGE, validate_id_token, validate_logout_token
+from ..oidc.validation import (
+    LOGOUT_TOKEN_MAX_AGE,
+    validate_id_token,
+    validate_logout_token,
+    validate_userinfo,
+)
 from ..security.cookies import binding_hash
 from ..security.csrf import check_csrf
 from ..security.redirects import safe_return_to
@@ -32,6 +38,9 @@ from .sessions import user_agent_summary
 
 audit = logging.getLogger("bff.audit")
 log = logging.getLogger("bff.auth")
+
+# The post-logout redirect URI the BFF sends to the IdP (register it there).
+POST_LOGOUT_PATH = "/bff/post-logout"
 
 
 def _redirect(url: str, *cookies: str) -> Response:
@@ -218,7 +227,9 @@ _SCOPE_CLAIMS = {
 
 async def _userinfo(svc: Services, access_token: str, claims: dict[str, Any]) -> dict[str, Any] | None:
     """UserInfo claims when configured, or (auto) when the ID token lacks the requested profile
-    or email claims: OIDC Core lets an IdP return those only from UserInfo."""
+    or email claims: OIDC Core lets an IdP return those only from UserInfo. Under ``auto`` any
+    failure only costs those claims (except a UserInfo naming another subject); under
+    ``true`` it fails the login."""
     mode = svc.settings.fetch_userinfo
     if mode == "false":
         return None
@@ -231,12 +242,17 @@ async def _userinfo(svc: Services, access_token: str, claims: dict[str, Any]) ->
         if not missing or (await svc.provider.metadata()).userinfo_endpoint is None:
             return None
     try:
-        return await svc.client.userinfo(access_token, claims["sub"]) or None
+        answer = await svc.client.userinfo(access_token)
+        return await validate_userinfo(answer, svc.provider, await svc.checks(), claims["sub"]) or None
     except OIDCError as exc:
         if mode == "true" or exc.code == "userinfo_sub":
             raise _fail(svc, exc.code, f"The UserInfo answer was refused: {exc.message}.") from exc
-        log.warning("UserInfo failed; showing the ID token's claims only", extra={"reason": exc.code})
-        return None
+        log.warning("UserInfo refused; showing the ID token's claims only", extra={"reason": exc.code})
+    except IdPUnavailable:
+        if mode == "true":
+            raise
+        log.warning("UserInfo unavailable; showing the ID token's claims only")
+    return None
 
 
 async def logout(request: Request) -> Response:
@@ -258,11 +274,35 @@ async def logout(request: Request) -> Response:
     svc.metrics.logouts.labels("logout").inc()
     audit.info("logout", extra={"event": "logout", "sub": session.sub})
     await revoke_tokens(svc, session)
+    state, state_cookie = svc.cookies.new_logout_state()
+    landing = f"{svc.settings.public_url}{POST_LOGOUT_PATH}"
     try:
-        url = await svc.client.end_session_url(session.id_token, post_logout)
+        url = await svc.client.end_session_url(session.id_token, landing, state)
     except (IdPUnavailable, OIDCError):
         url = None
-    return _redirect(url or post_logout, svc.cookies.clear_session())
+    if url is None:  # no RP-initiated logout at the IdP: straight to the final landing
+        return _redirect(post_logout, svc.cookies.clear_session())
+    return _redirect(url, svc.cookies.clear_session(), state_cookie)
+
+
+async def post_logout(request: Request) -> Response:
+    """Where the IdP sends the browser back after RP-initiated logout (the
+    post_logout_redirect_uri registered at the IdP): the ``state`` must be the one this
+    browser's logout sent; then on to BFF_POST_LOGOUT_REDIRECT_URI."""
+    svc = services(request)
+    expected = svc.cookies.logout_state(request.headers.get("cookie", ""))
+    state = request.query_params.get("state", "")
+    if expected is None or not hmac.compare_digest(state.encode(), expected.encode()):
+        audit.warning("logout return refused", extra={"event": "logout_state_mismatch"})
+        error = BadRequest(
+            "This sign-out response does not belong to a sign-out started in this browser;"
+            " you are signed out of this application.",
+            code="logout_state_mismatch",
+        )
+        response = page_error(error, "Sign-out not recognised") if wants_html(request) else json_error(error)
+        response.headers.append("set-cookie", svc.cookies.clear_logout())
+        return response
+    return _redirect(svc.settings.post_logout_redirect_uri, svc.cookies.clear_logout())
 
 
 async def backchannel_logout(request: Request) -> Response:

@@ -20,6 +20,7 @@ from ..settings import Settings
 
 _SESSION_SALT = "bff.session"
 _LOGIN_SALT = "bff.login-binding"
+_LOGOUT_SALT = "bff.logout-state"
 
 
 class _Signer(Signer):
@@ -79,12 +80,14 @@ class Cookies:
         self.session_name = settings.cookie_name
         secure = settings.secure_cookies
         self.login_name = ("__Host-Http-" if secure else "") + "bff_login"
+        self.logout_name = ("__Host-Http-" if secure else "") + "bff_logout"
         self._secure = secure
         self._samesite = settings.cookie_samesite
         self._max_age = settings.session_absolute_timeout
         self._login_max_age = settings.login_timeout
         self.session = CookieCodec(settings.secret_keys, _SESSION_SALT)
         self.login = CookieCodec(settings.secret_keys, _LOGIN_SALT)
+        self.logout = CookieCodec(settings.secret_keys, _LOGOUT_SALT)
 
     def _header(self, name: str, value: str, max_age: int, samesite: str) -> str:
         c: SimpleCookie = SimpleCookie()
@@ -117,6 +120,18 @@ class Cookies:
         """A fresh binding value and its Set-Cookie header. Lax: it must ride the IdP's redirect."""
         value = secrets.token_urlsafe(24)
         return value, self._header(self.login_name, self.login.encode(value), self._login_max_age, "lax")
+
+    def logout_state(self, cookie_header: str) -> str | None:
+        return self.logout.decode(read_cookie(cookie_header, self.logout_name))
+
+    def new_logout_state(self) -> tuple[str, str]:
+        """A fresh RP-initiated logout ``state`` and the cookie that remembers it until the
+        IdP sends the browser back (Lax: it rides that top-level navigation)."""
+        value = secrets.token_urlsafe(24)
+        return value, self._header(self.logout_name, self.logout.encode(value), self._login_max_age, "lax")
+
+    def clear_logout(self) -> str:
+        return self._header(self.logout_name, "", 0, "lax")
 
 
 def binding_hash(value: str) -> str:

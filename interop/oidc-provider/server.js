@@ -68,7 +68,7 @@ const clients = clientsFromEnv().map((c) => {
     client_id: c.client_id,
     client_secret: c.client_secret,
     redirect_uris: [`${base}/bff/callback`],
-    post_logout_redirect_uris: [`${base}/`],
+    post_logout_redirect_uris: [`${base}/bff/post-logout`],
     response_types: ['code'],
     grant_types: ['authorization_code', 'refresh_token'],
     token_endpoint_auth_method: c.token_endpoint_auth_method || 'client_secret_basic',

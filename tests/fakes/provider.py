@@ -82,6 +82,9 @@ class State:
         self.issuer = issuer
         self.keys = [RSAKey.generate_key(2048, parameters={"kid": "k1", "use": "sig", "alg": "RS256"})]
         self.other_key = RSAKey.generate_key(2048, parameters={"kid": "k1", "use": "sig", "alg": "RS256"})
+        # An EC key in the JWKS (with "publish_ec_key"): for tokens signed with an algorithm
+        # the IdP advertises but the client never registered.
+        self.ec_key = ECKey.generate_key("P-256", parameters={"kid": "ec1", "use": "sig", "alg": "ES256"})
         self.reset()
 
     def reset(self) -> None:
@@ -114,6 +117,17 @@ class State:
             "refresh_error": "",  # e.g. invalid_grant
             "id_token_on_refresh": True,
             "algs": ["RS256"],
+            # UserInfo as a signed JWT (OIDC Core §5.3.2): "", "signed", or a broken variant:
+            # "signed_bad_signature", "signed_other_sub", "signed_wrong_iss", "signed_wrong_aud",
+            # "signed_es256" (an algorithm the client did not register), "not_json".
+            "userinfo_mode": "",
+            "publish_ec_key": False,
+            "omit_expires_in": False,  # RFC 6749 makes expires_in only RECOMMENDED
+            # Answers replaced for the fuzz tests, by endpoint ("discovery", "jwks", "token",
+            # "userinfo", "revocation", "par"): {"status", "content_type", "body"} replaces
+            # the whole answer; {"set": {...}, "delete": [...]} edits the real JSON answer
+            # (and "status" its status). See overridden().
+            "overrides": {},
         }
         self.codes: dict[str, dict[str, Any]] = {}
         self.refresh: dict[str, dict[str, Any]] = {}
@@ -139,7 +153,11 @@ class State:
         return self.keys[0]
 
     def jwks(self) -> dict[str, Any]:
-        return {"keys": [k.as_dict(private=False) for k in self.keys]}
+        keys = [*self.keys, self.ec_key] if self.config["publish_ec_key"] else self.keys
+        return {"keys": [k.as_dict(private=False) for k in keys]}
+
+    def sign_es256(self, claims: dict[str, Any], header: dict[str, Any]) -> str:
+        return jwt.encode({**header, "alg": "ES256", "kid": "ec1"}, claims, self.ec_key, algorithms=["ES256"])
 
     def metadata(self) -> dict[str, Any]:
         c = self.config
@@ -267,6 +285,8 @@ class State:
             return f"{head}.{body}.{sig[:-6]}{'AAAAAA' if not sig.endswith('AAAAAA') else 'BBBBBB'}"
         if m == "wrong_key":
             return self.sign(claims, header, key=self.other_key)
+        if m == "signed_es256":
+            return self.sign_es256(claims, {"typ": "JWT"})
         if m == "unknown_kid":
             rogue = RSAKey.generate_key(2048, parameters={"kid": "rogue"})
             return self.sign(claims, {"kid": "rogue"}, key=rogue)
@@ -307,6 +327,8 @@ class State:
             return f"{head}.{b64url(json.dumps(claims).encode())}."
         if forge == "wrong_key":
             return self.sign(claims, header, key=self.other_key)
+        if forge == "es256":
+            return self.sign_es256(claims, header)
         if forge == "bad_signature":
             token = self.sign(claims, header)
             head, body, sig = token.split(".")
@@ -496,6 +518,8 @@ def create_app(issuer: str) -> Starlette:
             "expires_in": ttl,
             "scope": scope,
         }
+        if st.config["omit_expires_in"]:
+            del body["expires_in"]
         if st.config["issue_refresh_token"]:
             body["refresh_token"] = new_refresh
         if with_id:
@@ -586,13 +610,34 @@ def create_app(issuer: str) -> Starlette:
         user = dict(entry["user"])
         if st.config["misbehave"] == "userinfo_other_sub":
             user["sub"] = "someone-else"
-        return JSONResponse(user)
+        mode = st.config["userinfo_mode"]
+        if mode == "not_json":
+            return Response("<html>oops</html>", media_type="text/html")
+        if not mode:
+            return JSONResponse(user)
+        claims = {"iss": st.issuer, "aud": st.config["client_id"], **user}
+        if mode == "signed_other_sub":
+            claims["sub"] = "user-bob-0002"
+        elif mode == "signed_wrong_iss":
+            claims["iss"] = "https://evil.example.com"
+        elif mode == "signed_wrong_aud":
+            claims["aud"] = "someone-else"
+        if mode == "signed_es256":
+            jwt_text = st.sign_es256(claims, {"typ": "JWT"})
+        else:
+            jwt_text = st.sign(claims, {"typ": "JWT"})
+        if mode == "signed_bad_signature":
+            head, body, sig = jwt_text.split(".")
+            jwt_text = f"{head}.{body}.{sig[::-1]}"
+        return Response(jwt_text, media_type="application/jwt")
 
     async def end_session(request: Request) -> Response:
         params = dict(request.query_params)
         st.end_session_calls.append(params)
         target = params.get("post_logout_redirect_uri")
         if target:
+            if "state" in params:  # RP-Initiated Logout 1.0 §3: passed back as sent
+                target += ("&" if "?" in target else "?") + urlencode({"state": params["state"]})
             return RedirectResponse(target, status_code=302)
         return Response("signed out", media_type="text/plain")
 
@@ -674,14 +719,35 @@ def create_app(issuer: str) -> Starlette:
     async def control_keyset(request: Request) -> Response:
         return JSONResponse({"keys": [k.as_dict(private=True) for k in st.keys]})
 
+    def overridden(name: str, handler: Any) -> Any:
+        async def endpoint(request: Request) -> Response:
+            response: Response = await handler(request)
+            spec = st.config["overrides"].get(name)
+            if not spec:
+                return response
+            status = spec.get("status") or response.status_code
+            if "body" in spec:
+                return Response(spec["body"], status_code=status, media_type=spec.get("content_type"))
+            try:
+                data = json.loads(response.body)
+            except ValueError:
+                return response
+            if isinstance(data, dict):
+                for key in spec.get("delete", []):
+                    data.pop(key, None)
+                data.update(spec.get("set", {}))
+            return JSONResponse(data, status_code=status)
+
+        return endpoint
+
     routes = [
-        Route("/.well-known/openid-configuration", discovery),
-        Route("/jwks", jwks),
+        Route("/.well-known/openid-configuration", overridden("discovery", discovery)),
+        Route("/jwks", overridden("jwks", jwks)),
         Route("/authorize", authorize),
-        Route("/par", par, methods=["POST"]),
-        Route("/token", token, methods=["POST"]),
-        Route("/revoke", revoke, methods=["POST"]),
-        Route("/userinfo", userinfo, methods=["GET", "POST"]),
+        Route("/par", overridden("par", par), methods=["POST"]),
+        Route("/token", overridden("token", token), methods=["POST"]),
+        Route("/revoke", overridden("revocation", revoke), methods=["POST"]),
+        Route("/userinfo", overridden("userinfo", userinfo), methods=["GET", "POST"]),
         Route("/end_session", end_session),
         Route("/_control/config", control_config, methods=["POST"]),
         Route("/_control/reset", control_reset, methods=["POST"]),

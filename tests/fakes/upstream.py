@@ -8,6 +8,9 @@
     /status/<code>      answers with that status
     /bench              a tiny fixed JSON answer (the benchmark baseline)
     /set-cookie         tries to set a cookie on the BFF's origin
+    /refuse-token       POST a bearer token: from then on .../strict/... refuses it with
+                        401 ``WWW-Authenticate: Bearer error="invalid_token"`` (RFC 6750)
+    /strict/...         like /echo, for tokens not refused; counts its calls (/strict-calls)
 
 Run: ``python -m tests.fakes.upstream --port 9500``.
 """
@@ -54,6 +57,8 @@ async def _send(
 
 
 BENCH_BODY = json.dumps({"ok": True, "items": list(range(10))}).encode()
+REFUSED: set[str] = set()
+STRICT_CALLS = [0]
 
 
 async def app(scope: Scope, receive: Any, send: Any) -> None:
@@ -118,6 +123,27 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     if path.rsplit("/", 2)[-2:-1] == ["status"]:
         await _send(send, int(name), json.dumps({"status": int(name)}).encode())
         return
+    if name == "refuse-token":
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        REFUSED.add(body.decode())
+        await _send(send, 200, b"{}")
+        return
+    if name == "strict-calls":
+        await _send(send, 200, json.dumps({"calls": STRICT_CALLS[0]}).encode())
+        return
+    if "/strict/" in path:
+        STRICT_CALLS[0] += 1
+        auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        if auth.partition(" ")[2] in REFUSED:
+            await _read_body(receive)
+            challenge = b'Bearer error="invalid_token", error_description="revoked"'
+            await _send(send, 401, b'{"error":"invalid_token"}', extra=[(b"www-authenticate", challenge)])
+            return
     if name == "set-cookie":
         await _send(send, 200, b"{}", extra=[(b"set-cookie", b"bff_session=evil; Path=/")])
         return

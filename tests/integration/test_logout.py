@@ -20,8 +20,9 @@ async def test_logout_ends_the_session_revokes_the_refresh_token_and_redirects_t
     assert location.startswith(f"{idp.issuer}/end_session?")
     params = query_of(location)
     assert params["client_id"] == "bff-test"
-    assert params["post_logout_redirect_uri"] == "http://localhost:8080/"
+    assert params["post_logout_redirect_uri"] == "http://localhost:8080/bff/post-logout"
     assert params["id_token_hint"].startswith("eyJ")
+    assert len(params["state"]) >= 32
     assert redis_server.cli("KEYS", "bff:s:*").split() == []
     stats = idp.stats()
     assert stats["stats"]["revocation"] == 1
@@ -233,3 +234,37 @@ async def test_a_session_ended_by_the_limit_has_its_refresh_token_revoked(make_b
     await second.login("alice")
     assert idp.stats()["valid_refresh_tokens"] == 1
     assert idp.stats()["stats"]["revocation"] == 1
+
+
+async def test_the_idp_sends_the_browser_back_with_the_logout_state_and_it_lands_on_the_app(make_bff, idp):
+    _, browser = await make_bff(BFF_POST_LOGOUT_REDIRECT_URI="http://localhost:8080/bye")
+    await browser.login()
+    r = await browser.request("POST", "/bff/logout", csrf=True)
+    back = await browser.idp.get(r.headers["location"])  # the IdP's end_session redirects back
+    assert back.status_code == 302
+    landing = back.headers["location"]
+    assert landing.startswith("http://localhost:8080/bff/post-logout?")
+    assert query_of(landing)["state"] == query_of(r.headers["location"])["state"]
+    r = await browser.get(landing, headers={"sec-fetch-site": "cross-site"})
+    assert r.status_code == 302
+    assert r.headers["location"] == "http://localhost:8080/bye"
+    assert not [k for k in browser.cookies if k.startswith("bff")]  # the state cookie is gone too
+
+
+@pytest.mark.parametrize("state", ["", "forged-state-value"])
+async def test_a_logout_return_with_a_wrong_or_missing_state_is_refused(bff, state):
+    _, browser = bff
+    await browser.login()
+    r = await browser.request("POST", "/bff/logout", csrf=True)
+    assert query_of(r.headers["location"])["state"] != state
+    r = await browser.get(f"/bff/post-logout?state={state}", headers={"accept": "text/html"})
+    assert r.status_code == 400
+    assert "logout_state_mismatch" in r.text and "Sign-out not recognised" in r.text
+    assert (await browser.get("/bff/user", csrf=True)).status_code == 401  # signed out anyway
+
+
+async def test_a_logout_return_without_a_logout_started_in_this_browser_is_refused(bff):
+    _, browser = bff
+    r = await browser.get("/bff/post-logout?state=abc", csrf=True)
+    assert r.status_code == 400
+    assert r.json()["error"] == "logout_state_mismatch"

@@ -21,11 +21,12 @@ async def test_health_and_readiness(bff):
 
 async def test_metrics_count_logins_refreshes_proxied_calls_and_sessions(make_bff, idp):
     idp.configure(access_ttl=0)
-    _, browser = await make_bff(BFF_TOKEN_REFRESH_SKEW="60")
+    app, browser = await make_bff(BFF_TOKEN_REFRESH_SKEW="60")
     await browser.login()
     await browser.get("/api/echo", csrf=True)
     await browser.get("/api/status/404", csrf=True)
-    await browser.get("/bff/callback?state=nope")
+    signed_out = await make_bff.new_browser(app)
+    await signed_out.get("/bff/callback?state=nope")
     text = (await browser.get("/metrics")).text
     for line in (
         "bff_logins_started_total 1.0",

@@ -41,7 +41,9 @@ from tests.interop.conftest import (
 )
 from tests.support import query_of
 
-CONSENT = {"BFF_EXTRA_AUTH_PARAMS": "prompt=consent"}  # OIDC Core §11: offline_access needs it
+# oidc-provider issues refresh tokens for offline_access only, and OIDC Core §11 makes that
+# scope need prompt=consent.
+CONSENT = {"BFF_SCOPES": "openid profile email offline_access", "BFF_EXTRA_AUTH_PARAMS": "prompt=consent"}
 DUE = 1.1  # seconds until a 60 s access token is due under BFF_TOKEN_REFRESH_SKEW=59
 
 
@@ -187,7 +189,8 @@ async def test_second_login_reuses_the_idp_session_without_pages(op, make_intero
 
 
 async def test_es256_signed_id_token(op, make_interop_bff):
-    app, browser = await make_interop_bff(op, ES256)
+    """A client registered with id_token_signed_response_alg ES256: the BFF is told so."""
+    app, browser = await make_interop_bff(op, ES256, BFF_ID_TOKEN_ALGS="ES256")
     r, _ = await login(browser)
     assert r.status_code == 302, r.text
     session = await stored_session(app, browser)
@@ -315,7 +318,7 @@ async def test_without_prompt_consent_oidc_provider_issues_no_refresh_token(op, 
     """OIDC Core §11: offline_access is ignored unless prompt contains consent. With the
     BFF's default request (no prompt) oidc-provider returns no refresh token, and the
     session ends when the access token expires."""
-    app, browser = await make_interop_bff(op, BASIC)
+    app, browser = await make_interop_bff(op, BASIC, BFF_SCOPES=CONSENT["BFF_SCOPES"])
     start = await browser.start_login()
     assert "prompt" not in query_of(start.headers["location"])
     assert "offline_access" in query_of(start.headers["location"])["scope"].split()
@@ -432,7 +435,8 @@ async def test_rp_initiated_logout_revokes_and_ends_the_idp_session(op, make_int
     assert location.startswith(f"{op.issuer}/session/end?")
     params = query_of(location)
     assert params["client_id"] == BASIC
-    assert params["post_logout_redirect_uri"] == f"{PUBLIC_URL}/"
+    assert params["post_logout_redirect_uri"] == f"{PUBLIC_URL}/bff/post-logout"
+    assert params["state"]
     assert params["id_token_hint"] == session.id_token
     # RFC 7009 revocation by the BFF, before the browser even reaches oidc-provider.
     assert [(e["event"], e["route"]) for e in op.events()[mark:]] == [("grant.revoked", "revocation")]
@@ -442,7 +446,11 @@ async def test_rp_initiated_logout_revokes_and_ends_the_idp_session(op, make_int
 
     w = await walk(browser.idp, location, f"{PUBLIC_URL}/")
     assert w.pages == ["logout"]
-    assert w.location == f"{PUBLIC_URL}/"
+    # Back at the BFF's landing with the logout's state, which sends the browser on.
+    assert w.location.startswith(f"{PUBLIC_URL}/bff/post-logout?")
+    assert query_of(w.location)["state"] == params["state"]
+    r = await browser.get(w.location)
+    assert (r.status_code, r.headers["location"]) == (302, f"{PUBLIC_URL}/")
     # oidc-provider's session is over: the next login asks for the password again.
     r, w = await login(browser)
     assert r.status_code == 302
@@ -494,7 +502,9 @@ async def test_rp_initiated_logout_through_a_bff_process(op, bff_process):
     r = await browser.request("POST", "/bff/logout", csrf=True)
     assert r.status_code == 302, r.text
     w = await walk(browser.idp, r.headers["location"], f"{bff_process.url}/")
-    assert w.location == f"{bff_process.url}/"
+    assert w.location.startswith(f"{bff_process.url}/bff/post-logout?state=")
+    back = await browser.get(w.location)
+    assert (back.status_code, back.headers["location"]) == (302, f"{bff_process.url}/")
     events = [e["event"] for e in op.events()[mark:]]
     assert "backchannel.success" in events, op.events()[mark:]
     assert not [e for e in events if e.endswith("error")], op.events()[mark:]

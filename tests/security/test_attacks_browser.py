@@ -131,17 +131,24 @@ async def test_mix_up_iss_missing_though_the_idp_advertises_it(bff, idp):
     assert r.json()["error"] == "iss_missing"
 
 
-async def test_state_and_code_replay(bff):
+async def test_state_and_code_replay(bff, idp):
+    """A replayed callback never redeems its code again: a signed-in browser goes back to the
+    app with its session unchanged; a signed-out one gets unknown_state."""
     _, browser = bff
     r = await browser.start_login()
     r = await browser.authorize(r.headers["location"])
     callback = r.headers["location"]
     assert (await browser.get(callback)).status_code == 302
     first = browser.cookies["bff_session"]
+    exchanges = idp.stats()["stats"]["authorization_code"]
     r = await browser.get(callback)  # the same state and code again
+    assert r.status_code == 302 and r.headers["location"] == "http://localhost:8080/"
+    assert browser.cookies["bff_session"] == first
+    del browser.cookies["bff_session"]
+    r = await browser.get(callback)
     assert r.status_code == 400
     assert r.json()["error"] == "unknown_state"
-    assert browser.cookies["bff_session"] == first
+    assert idp.stats()["stats"]["authorization_code"] == exchanges
 
 
 async def test_a_code_injected_into_another_login_fails_at_the_idp(make_bff):
