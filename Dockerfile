@@ -10,15 +10,22 @@ RUN npm ci --no-audit --no-fund
 COPY spa-example/ ./
 RUN npm run build
 
+FROM python:3.11.13-slim-bookworm AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md LICENSE ./
+COPY bff/ bff/
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
 FROM python:3.11.13-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY bff/ bff/
-RUN pip install . && useradd --system --uid 10001 --no-create-home bff
+COPY --from=wheel /wheels /wheels
+# The distribution by its name, from the wheel built above.
+RUN pip install --find-links /wheels oidc-bff && rm -rf /wheels \
+    && useradd --system --uid 10001 --no-create-home bff
 COPY demo/ demo/
 COPY --from=spa /spa/dist /app/spa
 ENV BFF_HOST=0.0.0.0 \

@@ -206,6 +206,44 @@ def section_proxy(stack: Stack, results: dict[str, Any]) -> None:
     stack.stop(bff)
 
 
+def section_embedded(stack: Stack, results: dict[str, Any]) -> None:
+    """The same proxied call through the standalone gateway and through the BFF embedded in
+    the example FastAPI host app (examples/fastapi_host), both one uvicorn process with
+    uvloop and httptools, in the same run."""
+    log("== embedded: the proxied call through the example FastAPI host app vs the gateway")
+    gateway = stack.bff()
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    env = bff_env(stack.provider, stack.redis.url, public, BFF_API_ROUTES=f"/api={stack.upstream.url}")
+    cmd = [sys.executable, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+    host = Proc(
+        [*cmd, "--app-dir", str(ROOT / "examples" / "fastapi_host"), "main:app", "--port", str(port)], port
+    )
+    host.env = {**{k: v for k, v in os.environ.items() if not k.startswith("BFF_")}, **env}
+    host.start()
+    try:
+        figures = {}
+        for name, url, pid in (
+            ("gateway", gateway.url, gateway.proc.pid if gateway.proc else 0),
+            ("embedded", public, host.proc.pid if host.proc else 0),
+        ):
+            headers = {"Cookie": asyncio.run(login(url)), "X-CSRF": "1"}
+            wrk(f"{url}/api/bench", headers, duration=2)
+            cpu0 = cpu_seconds(pid)
+            r = wrk(f"{url}/api/bench", headers)
+            r["cpu_us"] = (cpu_seconds(pid) - cpu0) / r["requests"] * 1e6
+            figures[name] = r
+            log(f"  {name:<9}       {fmt(r)}   CPU {r['cpu_us']:.0f} us/request   non-2xx {r['non2xx']}")
+        ratio = figures["embedded"]["rps"] / figures["gateway"]["rps"]
+        log(
+            f"  ratio embedded/gateway req/s: {ratio:.3f} ({'within' if ratio >= 0.9 else 'NOT within'} 10 %)"
+        )
+        results["embedded"] = figures
+    finally:
+        host.stop()
+        stack.stop(gateway)
+
+
 def section_workers(stack: Stack, results: dict[str, Any]) -> None:
     log("== workers: BFF_WORKERS=2 vs one process")
     direct = wrk(f"{stack.upstream.url}/bench")
@@ -455,6 +493,7 @@ def _used_memory(redis: RedisServer) -> int:
 
 SECTIONS = {
     "proxy": section_proxy,
+    "embedded": section_embedded,
     "workers": section_workers,
     "clients": section_clients,
     "login": section_login,

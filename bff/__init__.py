@@ -1,3 +1,3 @@
 """bff: an OAuth 2.0 / OpenID Connect backend-for-frontend for single-page applications."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

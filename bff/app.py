@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from .error_handlers import handle_bff_error, handle_http_exception, handle_protocol_error, handle_unexpected
 from .errors import BFFError
+from .gate import SessionGate
 from .metrics import Metrics
 from .middleware import Edge
 from .oidc.client import OIDCClient
@@ -121,6 +122,10 @@ class BFFApp:
         await self.services.http.aclose()
         await self.services.store.close()
 
+    def owns(self, path: str) -> bool:
+        """The paths this app answers when embedded in a host app: /bff and the API routes."""
+        return path == "/bff" or path.startswith("/bff/") or self.proxy.match(path) is not None
+
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             route = self.proxy.match(scope["path"])
@@ -171,6 +176,7 @@ def create_app(
         clock,
         settings.id_token_max_iat_age,
     )
+    cookies = Cookies(settings)
     services = Services(
         settings=settings,
         store=store,
@@ -180,9 +186,10 @@ def create_app(
         tokens=TokenManager(
             store, client, checks, settings.token_refresh_skew, metrics, clock, settings.revoke_on_logout
         ),
-        cookies=Cookies(settings),
+        cookies=cookies,
         metrics=metrics,
         checks=checks,
+        gate=SessionGate(cookies, store),
         clock=clock,
     )
     proxy = Proxy(services)

@@ -258,8 +258,7 @@ class Proxy:
         policy = route.config.token
         if policy == "none":
             return None, None
-        session_id = self.svc.cookies.session_id(cookie.decode("latin-1"))
-        session = await self.svc.store.load(session_id) if session_id else None
+        session = await self.svc.gate.session(cookie.decode("latin-1"))
         if session is None:
             if policy == "user":
                 raise NotAuthenticated()

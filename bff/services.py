@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from .gate import SessionGate
 from .metrics import Metrics
 from .oidc.client import OIDCClient
 from .oidc.provider import Provider
@@ -29,4 +30,5 @@ class Services:
     cookies: Cookies
     metrics: Metrics
     checks: Expectations
+    gate: SessionGate
     clock: Callable[[], float] = field(default=time.time)

@@ -239,7 +239,7 @@ def test_realm_agrees_with_both() -> None:
     default_bff = "${DEMO_BFF_URL:" + config.public_url + "}"
     assert client["redirectUris"] == [f"{default_bff}/bff/callback"]
     attrs = client["attributes"]
-    assert attrs["post.logout.redirect.uris"] == f"{default_bff}/"
+    assert attrs["post.logout.redirect.uris"] == f"{default_bff}/bff/post-logout"
     assert attrs["backchannel.logout.url"] == (
         "${DEMO_BACKCHANNEL_LOGOUT_URL:" + config.public_url + "/bff/backchannel-logout}"
     )

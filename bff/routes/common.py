@@ -23,11 +23,7 @@ def client_ip(request: Request) -> str:
 
 async def current_session(request: Request, touch: bool = True) -> Session | None:
     """The caller's live session, or None (no cookie, bad signature, ended or expired)."""
-    svc = services(request)
-    session_id = svc.cookies.session_id(request.headers.get("cookie", ""))
-    if session_id is None:
-        return None
-    return await svc.store.load(session_id, touch=touch)
+    return await services(request).gate.session(request.headers.get("cookie", ""), touch)
 
 
 async def require_session(request: Request) -> Session:

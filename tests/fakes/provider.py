@@ -559,7 +559,12 @@ def create_app(issuer: str) -> Starlette:
             if b64url(hashlib.sha256(verifier.encode()).digest()) != entry["challenge"]:
                 return oauth_error("invalid_grant", "PKCE verification failed")
             body = issue(
-                entry["user"], entry["nonce"], entry["sid"], entry["scope"], True, auth_time=entry["auth_time"]
+                entry["user"],
+                entry["nonce"],
+                entry["sid"],
+                entry["scope"],
+                True,
+                auth_time=entry["auth_time"],
             )
             return JSONResponse(body, headers=headers)
         if grant == "refresh_token":

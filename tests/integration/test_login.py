@@ -7,6 +7,7 @@ import pytest
 from tests.support import query_of
 
 
+@pytest.mark.smoke
 async def test_login_round_trip_creates_a_session_and_user_sees_claims(bff, redis_server):
     app, browser = bff
     r = await browser.start_login("/after/login?x=1")

@@ -48,7 +48,9 @@ scalars = st.one_of(
     st.sampled_from(["RS256", "none", "Bearer", "DPoP", "http://127.0.0.1:1/x", "eyJhbGciOiJub25lIn0.e30."]),
 )
 json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3), max_leaves=6
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+    max_leaves=6,
 )
 
 
@@ -57,7 +59,9 @@ def answers(endpoint: str) -> st.SearchStrategy[dict[str, Any]]:
     replaced = st.fixed_dictionaries(
         {
             "status": st.sampled_from([200, 201, 204, 302, 400, 401, 404, 500, 503]),
-            "content_type": st.sampled_from(["application/json", "text/html", "application/jwt", "text/plain"]),
+            "content_type": st.sampled_from(
+                ["application/json", "text/html", "application/jwt", "text/plain"]
+            ),
             "body": st.one_of(text, json_values.map(json.dumps)),
         }
     )
