@@ -40,7 +40,7 @@ from .session.crypto import RecordCipher
 from .session.redis_store import RedisStore, connect
 from .session.store import MemoryStore, SessionStore
 from .settings import Settings, load_settings
-from .tokens import TokenManager
+from .tokens import RouteTokens, TokenManager
 
 log = logging.getLogger("bff")
 
@@ -177,15 +177,17 @@ def create_app(
         settings.id_token_max_iat_age,
     )
     cookies = Cookies(settings)
+    tokens = TokenManager(
+        store, client, checks, settings.token_refresh_skew, metrics, clock, settings.revoke_on_logout
+    )
     services = Services(
         settings=settings,
         store=store,
         http=http,
         provider=provider,
         client=client,
-        tokens=TokenManager(
-            store, client, checks, settings.token_refresh_skew, metrics, clock, settings.revoke_on_logout
-        ),
+        tokens=tokens,
+        route_tokens=RouteTokens(store, client, tokens, metrics, clock),
         cookies=cookies,
         metrics=metrics,
         checks=checks,

@@ -9,7 +9,8 @@ error_handlers.py is the one place they become responses.
     ├── NotAuthenticated (401 not_authenticated)
     │   └── SessionEnded (401 session_ended)   the BFF ended the session (refresh refused)
     ├── Forbidden (403 forbidden)
-    │   └── CsrfRejected (403 csrf_rejected)
+    │   ├── CsrfRejected (403 csrf_rejected)
+    │   └── RouteTokenRefused (403 route_token_refused)   the IdP refused a route's own token
     ├── NotFound (404 not_found)
     ├── PayloadTooLarge (413 payload_too_large)
     ├── TooManyRequests (429 too_many_requests)
@@ -86,6 +87,11 @@ class Forbidden(BFFError):
 class CsrfRejected(Forbidden):
     code = "csrf_rejected"
     message = "Missing or wrong anti-forgery header (send X-CSRF: 1) or a cross-site request."
+
+
+class RouteTokenRefused(Forbidden):
+    code = "route_token_refused"
+    message = "The identity provider refused a token for this API."
 
 
 class NotFound(BFFError):

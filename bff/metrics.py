@@ -28,6 +28,18 @@ class Metrics:
         self.refreshes = Counter(
             "bff_token_refreshes", "Access-token refreshes, by outcome.", ["outcome"], registry=r
         )
+        self.route_tokens = Counter(
+            "bff_route_token_requests",
+            "Token requests for routes' own tokens, by kind (exchange, client_credentials) and outcome.",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.route_token_cache = Counter(
+            "bff_route_token_cache",
+            "Routes' own tokens served from the cache (hit) or obtained first (miss), by kind.",
+            ["kind", "result"],
+            registry=r,
+        )
         self.backchannel = Counter(
             "bff_backchannel_logouts", "Back-channel logout tokens, by outcome.", ["outcome"], registry=r
         )

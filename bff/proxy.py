@@ -31,14 +31,13 @@ from .errors import (
     BadRequest,
     BFFError,
     CsrfRejected,
-    NotAuthenticated,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from .oidc.errors import OIDCError, TokenError
 from .services import Services
-from .session.models import Session
 from .settings import ApiRoute
+from .tokens import Credential
 
 log = logging.getLogger("bff.proxy")
 
@@ -253,19 +252,13 @@ class Proxy:
             out.append(("x-request-id", state["request_id"]))
         return out
 
-    async def _credential(self, route: _Route, cookie: bytes) -> tuple[Session | None, str | None]:
-        """The session (if any) and the access token this route's upstream gets."""
+    async def _credential(self, route: _Route, cookie: bytes) -> Credential | None:
+        """The credential this route's upstream gets (its token policy, tokens/route.py)."""
         policy = route.config.token
-        if policy == "none":
-            return None, None
-        session = await self.svc.gate.session(cookie.decode("latin-1"))
-        if session is None:
-            if policy == "user":
-                raise NotAuthenticated()
-            return None, None
-        if not self.svc.tokens.is_fresh(session):
-            session = await self.svc.tokens.fresh_session(session)
-        return session, session.access_token
+        session = None
+        if policy not in ("none", "client"):
+            session = await self.svc.gate.session(cookie.decode("latin-1"))
+        return await self.svc.route_tokens.credential(route.config, session)
 
     def _target(self, route: _Route, scope: Scope) -> str:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
@@ -307,18 +300,19 @@ class Proxy:
         if csrf != b"1":
             raise CsrfRejected()
         target = self._target(route, scope)
-        session, token = await self._credential(route, cookie)
+        credential = await self._credential(route, cookie)
         headers = self._headers(scope)
         if content_length is not None and content_length.isdigit():
             headers.append(("content-length", content_length.decode()))
         body, replayable = await self._body(receive, content_length, chunked)
-        response = await self._call(route, scope["method"], target, headers, token, body)
+        response = await self._call(route, scope["method"], target, headers, credential, body)
+        session = credential.session if credential is not None else None
         if session is not None and replayable and response.status == 401 and _token_refused(response):
             renewed = await self.svc.tokens.after_refusal(session)
             if renewed is not None:  # one retry with the new token (RFC 6750 invalid_token)
                 response.release()
-                token = renewed.access_token
-                response = await self._call(route, scope["method"], target, headers, token, body)
+                credential = Credential(renewed.access_token, "Bearer", renewed)
+                response = await self._call(route, scope["method"], target, headers, credential, body)
         try:
             return await self._relay(route, scope, send, response)
         finally:
@@ -330,11 +324,11 @@ class Proxy:
         method: str,
         target: str,
         headers: list[tuple[str, str]],
-        token: str | None,
+        credential: Credential | None,
         body: Any,
     ) -> aiohttp.ClientResponse:
-        if token is not None:
-            headers = [*headers, ("authorization", f"Bearer {token}")]
+        if credential is not None:
+            headers = [*headers, ("authorization", f"{credential.scheme} {credential.token}")]
         client = self._clients[route.origin]
         started = time.perf_counter()
         try:

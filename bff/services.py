@@ -16,7 +16,7 @@ from .oidc.validation import Expectations
 from .security.cookies import Cookies
 from .session.store import SessionStore
 from .settings import Settings
-from .tokens import TokenManager
+from .tokens import RouteTokens, TokenManager
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Services:
     provider: Provider
     client: OIDCClient
     tokens: TokenManager
+    route_tokens: RouteTokens
     cookies: Cookies
     metrics: Metrics
     checks: Expectations

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,7 +22,8 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
-TokenPolicy = Literal["user", "user-optional", "none"]
+TokenPolicy = Literal["user", "user-optional", "none", "client", "user-or-client"]
+TOKEN_POLICIES: tuple[str, ...] = ("user", "user-optional", "none", "client", "user-or-client")
 SameSite = Literal["lax", "strict"]
 
 # Algorithms the BFF accepts for ID tokens and logout tokens at most; the effective
@@ -92,13 +94,23 @@ SETTINGS_DOC: dict[str, str] = {
 
 @dataclass(frozen=True, slots=True)
 class ApiRoute:
-    """One upstream mapping: requests under ``prefix`` go to ``upstream``."""
+    """One upstream mapping: requests under ``prefix`` go to ``upstream``. ``audience``,
+    ``resource`` (RFC 8707) and ``scope`` shape a token of the route's own: by token exchange
+    (RFC 8693) from the user's, or by client credentials for the BFF itself."""
 
     prefix: str
     upstream: str
     token: TokenPolicy = "user"  # noqa: S105 - a policy name, not a secret
     strip_prefix: bool = False
     timeout: float = 30.0
+    audience: str | None = None
+    resource: tuple[str, ...] = ()
+    scope: str | None = None
+
+    @property
+    def shapes_token(self) -> bool:
+        """True when the route's token differs from the session's own access token."""
+        return bool(self.audience or self.resource or self.scope)
 
 
 def _mask(value: object) -> str:
@@ -276,72 +288,122 @@ def _check_url(r: _Reader, name: str, value: str, allow_http: bool, *, origin_on
     return value.rstrip("/") if origin_only else value
 
 
-def parse_api_routes(value: str, problems: list[str]) -> tuple[ApiRoute, ...]:
-    """Parse ``/api=http://host,/b=http://other`` or the JSON list form."""
+def _route_items(value: str, problems: list[str]) -> list[dict[str, object]]:
+    """The routes as dicts, from the short form or the JSON list form."""
     name = "BFF_API_ROUTES"
-    items: list[dict[str, object]] = []
     text = value.strip()
     if text.startswith("["):
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError as exc:
             problems.append(f"{name} is not valid JSON: {exc.msg} at position {exc.pos}")
-            return ()
+            return []
         if not isinstance(parsed, list) or not all(isinstance(i, dict) for i in parsed):
             problems.append(f"{name} JSON form must be a list of objects")
-            return ()
-        items = parsed
-    else:
-        for pair in text.split(","):
-            if not pair.strip():
-                continue
-            left, sep, right = pair.strip().partition("=")
-            if not sep:
-                problems.append(f"{name} entry {pair.strip()!r} must look like /prefix=http://upstream")
-                continue
-            items.append({"prefix": left.strip(), "upstream": right.strip()})
-    routes: list[ApiRoute] = []
-    allowed = {"prefix", "upstream", "token", "strip_prefix", "timeout"}
-    for item in items:
-        unknown = set(item) - allowed
-        if unknown:
-            problems.append(f"{name} route has unknown option(s): {', '.join(sorted(unknown))}")
+            return []
+        return parsed
+    items: list[dict[str, object]] = []
+    for pair in text.split(","):
+        if not pair.strip():
             continue
-        prefix = item.get("prefix")
-        upstream = item.get("upstream")
-        token = item.get("token", "user")
-        strip = item.get("strip_prefix", False)
-        timeout = item.get("timeout", 30.0)
-        if not isinstance(prefix, str) or not prefix.startswith("/") or prefix == "/":
-            problems.append(f"{name} prefix must be a path like /api, got {prefix!r}")
+        left, sep, right = pair.strip().partition("=")
+        if not sep:
+            problems.append(f"{name} entry {pair.strip()!r} must look like /prefix=http://upstream")
             continue
-        prefix = prefix.rstrip("/")
-        if prefix.startswith("/bff") and (prefix == "/bff" or prefix.startswith("/bff/")):
-            problems.append(f"{name} prefix {prefix!r} collides with the BFF's own /bff paths")
-            continue
-        if any(seg in ("", ".", "..") for seg in prefix.split("/")[1:]) or "\\" in prefix:
-            problems.append(f"{name} prefix {prefix!r} has an empty, '.' or '..' segment")
-            continue
-        if not isinstance(upstream, str):
-            problems.append(f"{name} route {prefix} needs an upstream URL")
-            continue
-        parts = urlsplit(upstream)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
-            problems.append(f"{name} upstream for {prefix} must be an http(s) URL, got {upstream!r}")
-            continue
-        if token not in ("user", "user-optional", "none"):
-            problems.append(f"{name} token for {prefix} must be user, user-optional or none")
-            continue
-        if not isinstance(strip, bool):
-            problems.append(f"{name} strip_prefix for {prefix} must be true or false")
-            continue
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            problems.append(f"{name} timeout for {prefix} must be a positive number of seconds")
-            continue
-        routes.append(ApiRoute(prefix, upstream.rstrip("/"), token, strip, float(timeout)))
+        items.append({"prefix": left.strip(), "upstream": right.strip()})
+    return items
+
+
+_ROUTE_KEYS = {"prefix", "upstream", "token", "strip_prefix", "timeout", "audience", "resource", "scope"}
+_SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")  # RFC 6749 §3.3 scope-token
+
+
+def _route_prefix(item: dict[str, object], bad: list[str]) -> str:
+    prefix = item.get("prefix")
+    if not isinstance(prefix, str) or not prefix.startswith("/") or prefix == "/":
+        bad.append(f"prefix must be a path like /api, got {prefix!r}")
+        return str(prefix)
+    prefix = prefix.rstrip("/")
+    if prefix == "/bff" or prefix.startswith("/bff/"):
+        bad.append(f"prefix {prefix!r} collides with the BFF's own /bff paths")
+    if any(seg in ("", ".", "..") for seg in prefix.split("/")[1:]) or "\\" in prefix:
+        bad.append(f"prefix {prefix!r} has an empty, '.' or '..' segment")
+    return prefix
+
+
+def _route_token_params(
+    item: dict[str, object], bad: list[str]
+) -> tuple[str | None, tuple[str, ...], str | None]:
+    """audience, resource (one URI or a list, RFC 8707 §2: absolute, no fragment), scope."""
+    audience = item.get("audience")
+    if audience is not None and (not isinstance(audience, str) or not audience.strip()):
+        bad.append("audience must be a non-empty string")
+        audience = None
+    raw = item.get("resource", [])
+    resources = [raw] if isinstance(raw, str) else raw
+    if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
+        bad.append("resource must be a URI or a list of URIs")
+        resources = []
+    for uri in resources:
+        parts = urlsplit(uri)
+        if not parts.scheme or not (parts.netloc or parts.path) or parts.fragment or "#" in uri:
+            bad.append(f"resource {uri!r} must be an absolute URI without a fragment (RFC 8707)")
+    scope = item.get("scope")
+    if scope is not None and (
+        not isinstance(scope, str)
+        or not scope.split()
+        or not all(_SCOPE_TOKEN.match(t) for t in scope.split())
+    ):
+        bad.append("scope must be space-separated scope tokens")
+        scope = None
+    return (
+        audience.strip() if isinstance(audience, str) else None,
+        tuple(sorted(set(resources))) if isinstance(resources, list) else (),
+        " ".join(sorted(set(scope.split()))) if isinstance(scope, str) else None,
+    )
+
+
+def _route(item: dict[str, object], problems: list[str]) -> ApiRoute | None:
+    """One route, or None after adding every problem it has (each naming the route)."""
+    bad: list[str] = []
+    unknown = set(item) - _ROUTE_KEYS
+    if unknown:
+        bad.append(f"unknown option(s): {', '.join(sorted(unknown))}")
+    prefix = _route_prefix(item, bad)
+    upstream = item.get("upstream")
+    parts = urlsplit(upstream) if isinstance(upstream, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        bad.append(f"upstream must be an http(s) URL, got {upstream!r}")
+    token = item.get("token", "user")
+    if token not in TOKEN_POLICIES:
+        bad.append(f"token must be one of {', '.join(TOKEN_POLICIES)}, got {token!r}")
+    strip = item.get("strip_prefix", False)
+    if not isinstance(strip, bool):
+        bad.append("strip_prefix must be true or false")
+    timeout = item.get("timeout", 30.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        bad.append("timeout must be a positive number of seconds")
+    audience, resource, scope = _route_token_params(item, bad)
+    if token == "none" and (audience or resource or scope):  # noqa: S105 - a policy name
+        bad.append("audience, resource and scope need a token policy other than none")
+    for problem in bad:
+        problems.append(f"BFF_API_ROUTES route {prefix}: {problem}")
+    if bad:
+        return None
+    assert isinstance(upstream, str)
+    assert isinstance(timeout, int | float)
+    assert isinstance(strip, bool)
+    policy: TokenPolicy = token  # type: ignore[assignment]  # checked against TOKEN_POLICIES above
+    return ApiRoute(prefix, upstream.rstrip("/"), policy, strip, float(timeout), audience, resource, scope)
+
+
+def parse_api_routes(value: str, problems: list[str]) -> tuple[ApiRoute, ...]:
+    """Parse ``/api=http://host,/b=http://other`` or the JSON list form; every problem of
+    every route is reported."""
+    routes = [r for r in (_route(item, problems) for item in _route_items(value, problems)) if r]
     prefixes = [r.prefix for r in routes]
     if len(set(prefixes)) != len(prefixes):
-        problems.append(f"{name} has the same prefix twice")
+        problems.append("BFF_API_ROUTES has the same prefix twice")
     # Longest prefix first, so /api/admin wins over /api.
     return tuple(sorted(routes, key=lambda r: len(r.prefix), reverse=True))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,6 +95,17 @@ async def make_bff(idp: ProviderProc, redis_url: str, upstream: UpstreamProc) ->
 @pytest.fixture
 async def bff(make_bff: AppFactory) -> tuple[BFFApp, Browser]:
     return await make_bff()
+
+
+@pytest.fixture
+def app_session() -> Callable[[BFFApp, Browser], Awaitable[Any]]:
+    """app_session(app, browser) -> the browser's session as the app's store holds it."""
+
+    async def load(app: BFFApp, browser: Browser) -> Any:
+        session_id = app.services.cookies.session_id(browser._cookie_header().get("cookie", ""))
+        return await app.services.store.load(session_id, touch=False) if session_id else None
+
+    return load
 
 
 @pytest.fixture

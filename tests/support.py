@@ -389,9 +389,8 @@ def bff_processes(
     procs: list[BffProc] = []
     try:
         for i, port in enumerate(ports):
-            env = bff_env(
-                idp, redis_url, public, BFF_API_ROUTES=f"/api={upstream.url}", BFF_PORT=str(port), **extra
-            )
+            env = bff_env(idp, redis_url, public, **{"BFF_API_ROUTES": f"/api={upstream.url}", **extra})
+            env["BFF_PORT"] = str(port)
             proc = BffProc(env, log=logs / f"bff-{i}.log")
             procs.append(proc)
             proc.start()

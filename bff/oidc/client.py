@@ -28,6 +28,11 @@ from .errors import OIDCError, TokenError
 from .provider import Provider
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - RFC 8693 URN
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - RFC 8693 URN
+
+# A token endpoint form; a list value is sent as repeated parameters (RFC 8707 resource).
+Form = dict[str, str | list[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,8 @@ class TokenResponse:
     refresh_token: str | None
     id_token: str | None
     scope: str | None
+    issued_token_type: str | None = None  # RFC 8693 answers
+    token_type: str = "Bearer"  # noqa: S105 - a scheme name
 
     def __repr__(self) -> str:
         return f"TokenResponse(expires_at={self.expires_at}, has_refresh={self.refresh_token is not None})"
@@ -53,6 +60,15 @@ def _with_query(url: str, params: dict[str, str]) -> str:
     parts = urlsplit(url)
     query = urlencode(params)
     return urlunsplit(parts._replace(query=f"{parts.query}&{query}" if parts.query else query))
+
+
+def _add_target(form: Form, audience: str | None, resource: tuple[str, ...], scope: str | None) -> None:
+    if audience:
+        form["audience"] = audience
+    if resource:
+        form["resource"] = list(resource)
+    if scope:
+        form["scope"] = scope
 
 
 def _load_signing_key(text: str) -> tuple[Key, str]:
@@ -106,9 +122,7 @@ class OIDCClient:
             return "client_secret_basic"
         return "client_secret_post"
 
-    def _authenticate(
-        self, method: str, audience: str, form: dict[str, str], headers: dict[str, str]
-    ) -> None:
+    def _authenticate(self, method: str, audience: str, form: Form, headers: dict[str, str]) -> None:
         client_id = self.settings.client_id
         if method == "client_secret_basic":
             # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
@@ -138,9 +152,7 @@ class OIDCClient:
         else:
             raise OIDCError("client_auth", f"unsupported client authentication {method}")
 
-    async def _post(
-        self, url: str, form: dict[str, str], method: str, audience: str, what: str
-    ) -> httpx.Response:
+    async def _post(self, url: str, form: Form, method: str, audience: str, what: str) -> httpx.Response:
         headers = {"Accept": "application/json"}
         self._authenticate(method, audience, form, headers)
         try:
@@ -209,7 +221,7 @@ class OIDCClient:
             raise OIDCError("par_unsupported", "BFF_USE_PAR is on but the IdP advertises no PAR endpoint")
         return _with_query(meta.authorization_endpoint, params)
 
-    async def _token_request(self, form: dict[str, str], what: str) -> TokenResponse:
+    async def _token_request(self, form: Form, what: str) -> TokenResponse:
         meta = await self.provider.metadata()
         method = self.auth_method(meta.token_endpoint_auth_methods_supported)
         response = await self._post(meta.token_endpoint, form, method, meta.token_endpoint, what)
@@ -238,10 +250,13 @@ class OIDCClient:
             refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
             id_token=id_token if isinstance(id_token, str) and id_token else None,
             scope=scope if isinstance(scope, str) else None,
+            issued_token_type=data.get("issued_token_type")
+            if isinstance(data.get("issued_token_type"), str)
+            else None,
         )
 
     async def exchange_code(self, code: str, code_verifier: str) -> TokenResponse:
-        form = {
+        form: Form = {
             "grant_type": "authorization_code",
             "code": code,
             "redirect_uri": self.settings.redirect_uri,
@@ -254,6 +269,31 @@ class OIDCClient:
         return await self._token_request(
             {"grant_type": "refresh_token", "refresh_token": refresh_token}, "token refresh"
         )
+
+    async def exchange_token(
+        self, subject_token: str, *, audience: str | None, resource: tuple[str, ...], scope: str | None
+    ) -> TokenResponse:
+        """RFC 8693 token exchange of the user's access token for one meant for ``audience``
+        (and/or RFC 8707 ``resource``), with the client's usual authentication."""
+        form: Form = {
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": subject_token,
+            "subject_token_type": ACCESS_TOKEN_TYPE,
+            "requested_token_type": ACCESS_TOKEN_TYPE,
+        }
+        _add_target(form, audience, resource, scope)
+        tokens = await self._token_request(form, "token exchange")
+        if tokens.issued_token_type != ACCESS_TOKEN_TYPE:
+            raise TokenError("invalid_response", f"issued_token_type is {tokens.issued_token_type!r}")
+        return tokens
+
+    async def client_credentials(
+        self, *, audience: str | None, resource: tuple[str, ...], scope: str | None
+    ) -> TokenResponse:
+        """RFC 6749 §4.4: the BFF's own token (``audience`` and ``resource`` as parameters)."""
+        form: Form = {"grant_type": "client_credentials"}
+        _add_target(form, audience, resource, scope)
+        return await self._token_request(form, "client credentials")
 
     async def revoke(self, token: str, hint: str = "refresh_token") -> bool:
         """RFC 7009. True when the IdP confirmed; False when it has no revocation endpoint."""

@@ -51,6 +51,27 @@ def jwt_claims(token: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+@dataclass(frozen=True, slots=True)
+class RouteToken:
+    """A token of a route's own (token exchange or client credentials), cached until due."""
+
+    token: str
+    expires_at: int
+    lifetime: int
+    token_type: str = "Bearer"  # noqa: S105 - a scheme name
+
+    def __repr__(self) -> str:  # never print tokens
+        return f"RouteToken(expires_at={self.expires_at}, type={self.token_type})"
+
+    def encode(self) -> list[Any]:
+        return [self.token, self.expires_at, self.lifetime, self.token_type]
+
+    @classmethod
+    def decode(cls, data: list[Any]) -> RouteToken:
+        token, expires_at, lifetime, token_type = data
+        return cls(token, expires_at, lifetime, token_type)
+
+
 @dataclass(slots=True)
 class Session:
     id: str
@@ -67,6 +88,9 @@ class Session:
     ip: str = ""
     userinfo: dict[str, Any] | None = None
     access_lifetime: int = 0  # the access token's expires_in, 0 when unknown
+    # Exchanged tokens of routes with an audience/resource/scope, by route-parameters key:
+    # encrypted with the rest of the record and gone with the session.
+    route_tokens: dict[str, RouteToken] = field(default_factory=dict, repr=False)
     _claims: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:  # never print tokens
@@ -102,8 +126,15 @@ class Session:
             _claims=None,
         )
 
+    def with_route_token(self, key: str, token: RouteToken, now: int) -> Session:
+        """The session with ``token`` cached under ``key`` (expired ones dropped)."""
+        kept = {k: t for k, t in self.route_tokens.items() if t.expires_at > now}
+        return replace(self, route_tokens={**kept, key: token}, _claims=self._claims)
+
     def encode(self) -> bytes:
-        """Compact JSON of everything but the id and the timestamps kept beside it in the store."""
+        """Compact JSON of everything but the id and the timestamps kept beside it in the store.
+        Every field but the first few is optional, so records written before a field existed
+        still load, and ones written by a newer version load in an older one."""
         body: dict[str, Any] = {
             "s": self.sub,
             "i": self.id_token,
@@ -123,6 +154,8 @@ class Session:
             body["n"] = self.userinfo
         if self.access_lifetime:
             body["l"] = self.access_lifetime
+        if self.route_tokens:
+            body["t"] = {k: t.encode() for k, t in self.route_tokens.items()}
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
@@ -143,6 +176,7 @@ class Session:
             ip=body.get("p", ""),
             userinfo=body.get("n"),
             access_lifetime=body.get("l", 0),
+            route_tokens={k: RouteToken.decode(v) for k, v in body.get("t", {}).items()},
         )
 
 

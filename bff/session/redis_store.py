@@ -10,6 +10,7 @@ Keys (every command touches one key, so Cluster needs no hash tags):
     bff:tn:<binding>        ZSET state -> expiry: a browser's pending logins
     bff:j:<hash(jti)>       seen logout-token ids
     bff:l:<name>            locks
+    bff:v:<name>            encrypted values every process shares (the BFF's client tokens)
     bff:all                 ZSET session id -> absolute expiry: the cheap count for metrics
 
 A proxied request costs one round trip: a Lua script reads the session and slides its
@@ -477,6 +478,21 @@ class RedisStore(SessionStore):
     async def pending_logins(self, browser_binding: str) -> int:
         count = await self._guard(self.r.zcount(f"bff:tn:{browser_binding}", f"({self.now()}", "+inf"))
         return int(count)
+
+    # --- shared values --------------------------------------------------------------
+    async def load_shared(self, name: str) -> bytes | None:
+        key = f"bff:v:{name}"
+        raw = await self._guard(self.r.get(key))
+        if not raw:
+            return None
+        try:
+            return self.cipher.decrypt(raw, key.encode())
+        except DecryptionError:
+            return None
+
+    async def save_shared(self, name: str, value: bytes, ttl: int) -> None:
+        key = f"bff:v:{name}"
+        await self._guard(self.r.set(key, self.cipher.encrypt(value, key.encode()), ex=max(ttl, 1)))
 
     # --- replay, locks, health ------------------------------------------------------
     async def remember_jti(self, jti: str, ttl: int) -> bool:

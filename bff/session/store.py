@@ -80,6 +80,15 @@ class SessionStore(ABC):
     async def pending_logins(self, browser_binding: str) -> int:
         """Unexpired logins a browser has started and not finished."""
 
+    # --- shared values --------------------------------------------------------------
+    @abstractmethod
+    async def load_shared(self, name: str) -> bytes | None:
+        """A value every process shares (the BFF's client tokens); None when absent or expired."""
+
+    @abstractmethod
+    async def save_shared(self, name: str, value: bytes, ttl: int) -> None:
+        """Store a shared value for ``ttl`` seconds (encrypted at rest where the store can)."""
+
     # --- replay, locks, health ------------------------------------------------------
     @abstractmethod
     async def remember_jti(self, jti: str, ttl: int) -> bool:
@@ -144,6 +153,7 @@ class MemoryStore(SessionStore):
         self._tx: dict[str, tuple[LoginTransaction, int]] = {}
         self._jti: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._shared: dict[str, tuple[bytes, int]] = {}
 
     def _live(self, session_id: str) -> Session | None:
         s = self._sessions.get(session_id)
@@ -219,6 +229,13 @@ class MemoryStore(SessionStore):
     async def pending_logins(self, browser_binding: str) -> int:
         self._purge()
         return sum(1 for t, _ in self._tx.values() if t.browser_binding == browser_binding)
+
+    async def load_shared(self, name: str) -> bytes | None:
+        entry = self._shared.get(name)
+        return entry[0] if entry and entry[1] > self.now() else None
+
+    async def save_shared(self, name: str, value: bytes, ttl: int) -> None:
+        self._shared[name] = (value, self.now() + ttl)
 
     async def remember_jti(self, jti: str, ttl: int) -> bool:
         self._purge()

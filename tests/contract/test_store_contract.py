@@ -245,3 +245,28 @@ async def test_a_cancelled_load_leaves_the_others_alone(store_and_clock):
         if i != 4:
             assert isinstance(got, Session) and got.id == s.id
     assert await store.load(sessions[4].id) is not None
+
+
+async def test_shared_values_are_kept_apart_by_name(store_and_clock):
+    store, _ = store_and_clock
+    assert await store.load_shared("client-token:a") is None
+    await store.save_shared("client-token:a", b'["tok-a", 1, 2, "Bearer"]', 60)
+    await store.save_shared("client-token:b", b"value-b", 60)
+    assert await store.load_shared("client-token:a") == b'["tok-a", 1, 2, "Bearer"]'
+    assert await store.load_shared("client-token:b") == b"value-b"
+
+
+async def test_route_tokens_are_kept_with_the_session_record(store_and_clock):
+    from bff.session.models import RouteToken
+
+    store, clock = store_and_clock
+    s = session(clock)
+    await store.create(s)
+    token = RouteToken("exchanged-at", int(clock()) + 60, 60)
+    assert await store.update_tokens(s.with_route_token("k1", token, int(clock())))
+    loaded = await store.load(s.id, touch=False)
+    assert loaded is not None and loaded.route_tokens == {"k1": token}
+    refreshed = loaded.with_tokens("new-at", int(clock()) + 300, "new-rt", None, 300)
+    assert refreshed.route_tokens == {"k1": token}  # a refresh keeps them
+    await store.delete(s.id)
+    assert await store.load(s.id) is None

@@ -36,6 +36,10 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+# The BFF itself, as the subject of its client-credentials tokens.
+SERVICE_ACCOUNT = {"sub": "service-account-bff-test", "preferred_username": "service-account-bff-test"}
 
 USERS: dict[str, dict[str, Any]] = {
     "alice": {
@@ -123,6 +127,12 @@ class State:
             "userinfo_mode": "",
             "publish_ec_key": False,
             "omit_expires_in": False,  # RFC 6749 makes expires_in only RECOMMENDED
+            # Token exchange (RFC 8693) and client credentials: refuse with this OAuth error,
+            # answer without issued_token_type ("malformed"), or live this long.
+            "exchange_error": "",
+            "exchange_malformed": False,
+            "client_credentials_error": "",
+            "route_token_ttl": None,  # default: access_ttl
             # Answers replaced for the fuzz tests, by endpoint ("discovery", "jwks", "token",
             # "userinfo", "revocation", "par"): {"status", "content_type", "body"} replaces
             # the whole answer; {"set": {...}, "delete": [...]} edits the real JSON answer
@@ -143,7 +153,11 @@ class State:
             "userinfo": 0,
             "jwks": 0,
             "discovery": 0,
+            TOKEN_EXCHANGE: 0,
+            "client_credentials": 0,
         }
+        # Each token exchange / client credentials request: grant, audience, resource, scope.
+        self.route_token_requests: list[dict[str, Any]] = []
         self.client_auth_seen: list[str] = []
         self.access_tokens: dict[str, dict[str, Any]] = {}
         self.id_tokens_issued: list[str] = []
@@ -198,12 +212,14 @@ class State:
         h.update(header or {})
         return jwt.encode(h, claims, k, algorithms=[h["alg"]])
 
-    def access_token(self, user: dict[str, Any], sid: str, scope: str, ttl: int) -> str:
+    def access_token(
+        self, user: dict[str, Any], sid: str | None, scope: str, ttl: int, aud: str | list[str] = "api"
+    ) -> str:
         now = int(time.time())
         claims = {
             "iss": self.issuer,
             "sub": user["sub"],
-            "aud": "api",
+            "aud": aud,
             "azp": self.config["client_id"],
             "exp": now + ttl,
             "iat": now,
@@ -340,8 +356,25 @@ class State:
         return self.sign(claims, header)
 
 
-async def read_form(request: Request) -> dict[str, str]:
-    return dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+async def read_form(request: Request) -> dict[str, Any]:
+    """The form; a parameter given several times (RFC 8707 resource) becomes a list."""
+    form: dict[str, Any] = {}
+    for key, value in parse_qsl((await request.body()).decode(), keep_blank_values=True):
+        if key not in form:
+            form[key] = value
+        elif isinstance(form[key], list):
+            form[key].append(value)
+        else:
+            form[key] = [form[key], value]
+    return form
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    try:
+        payload = token.split(".")[1]
+        return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+    except (IndexError, ValueError):
+        return {}
 
 
 def create_app(issuer: str) -> Starlette:
@@ -593,7 +626,44 @@ def create_app(issuer: str) -> Starlette:
                 st.refresh.pop(body["refresh_token"], None)
                 body["refresh_token"] = form["refresh_token"]
             return JSONResponse(body, headers=headers)
+        if grant in (TOKEN_EXCHANGE, "client_credentials"):
+            return route_token(grant, form)
         return oauth_error("unsupported_grant_type", grant)
+
+    def route_token(grant: str, form: dict[str, str | list[str]]) -> Response:
+        """Token exchange (RFC 8693) of one of our access tokens, or client credentials: a
+        token whose aud is the requested audience and resources (else "api")."""
+        resources = form.get("resource", [])
+        resources = [resources] if isinstance(resources, str) else resources
+        audience, scope = form.get("audience"), form.get("scope")
+        st.route_token_requests.append(
+            {"grant": grant, "audience": audience, "resource": resources, "scope": scope}
+        )
+        if grant == TOKEN_EXCHANGE:
+            if st.config["exchange_error"]:
+                return oauth_error(st.config["exchange_error"], "configured exchange refusal")
+            if form.get("subject_token_type") != ACCESS_TOKEN_TYPE:
+                return oauth_error("invalid_request", "subject_token_type must be an access token")
+            subject = st.access_tokens.get(str(form.get("subject_token", "")))
+            claims = jwt_claims(str(form.get("subject_token", "")))
+            if subject is None or claims.get("exp", 0) < time.time():
+                return oauth_error("invalid_request", "invalid subject token")
+            user, sid = subject["user"], subject["sid"]
+        else:
+            if st.config["client_credentials_error"]:
+                return oauth_error(st.config["client_credentials_error"], "configured refusal")
+            user, sid = SERVICE_ACCOUNT, None
+        aud: str | list[str] = [a for a in [audience, *resources] if isinstance(a, str)] or "api"
+        ttl = st.config["route_token_ttl"]
+        ttl = st.config["access_ttl"] if ttl is None else ttl
+        body: dict[str, Any] = {
+            "access_token": st.access_token(user, sid, str(scope or ""), ttl, aud),
+            "token_type": "Bearer",
+            "expires_in": ttl,
+        }
+        if grant == TOKEN_EXCHANGE and not st.config["exchange_malformed"]:
+            body["issued_token_type"] = ACCESS_TOKEN_TYPE
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     async def revoke(request: Request) -> Response:
         st.stats["revocation"] += 1
@@ -667,6 +737,7 @@ def create_app(issuer: str) -> Starlette:
                 "end_session": st.end_session_calls,
                 "client_auth": st.client_auth_seen,
                 "valid_refresh_tokens": sum(1 for r in st.refresh.values() if r["valid"]),
+                "route_token_requests": st.route_token_requests,
             }
         )
 

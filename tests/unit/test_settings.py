@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -68,11 +69,11 @@ def test_all_missing_required_settings_are_reported_together():
         ({"BFF_API_ROUTES": "/api=ftp://x"}, "must be an http(s) URL"),
         (
             {"BFF_API_ROUTES": '[{"prefix": "/api", "upstream": "http://x", "token": "admin"}]'},
-            "token for /api",
+            "route /api: token must be one of user, user-optional, none, client, user-or-client",
         ),
         (
             {"BFF_API_ROUTES": '[{"prefix": "/api", "upstream": "http://x", "timeout": 0}]'},
-            "timeout for /api",
+            "route /api: timeout must be a positive number",
         ),
         ({"BFF_API_ROUTES": '[{"prefix": "/api", "upstream": "http://x", "colour": 1}]'}, "unknown option"),
         ({"BFF_API_ROUTES": "[{"}, "not valid JSON"),
@@ -169,3 +170,52 @@ def test_python_m_bff_without_issuer_prints_one_line_and_exits_non_zero(tmp_path
 def test_a_malformed_sentinel_or_cluster_url_is_one_clear_line(url, needle):
     found = problems(BFF_REDIS_URL=url)
     assert len(found) == 1 and found[0].startswith("BFF_REDIS_URL") and needle in found[0], found
+
+
+def test_route_token_policies_and_parameters_in_the_json_form():
+    routes = json.dumps(
+        [
+            {"prefix": "/reports", "upstream": "http://r", "audience": "demo-reports", "scope": "b a a"},
+            {
+                "prefix": "/m2m",
+                "upstream": "http://m",
+                "token": "client",
+                "resource": "https://api.example/x",
+            },
+            {
+                "prefix": "/mixed",
+                "upstream": "http://x",
+                "token": "user-or-client",
+                "resource": ["urn:b", "urn:a"],
+            },
+        ]
+    )
+    by_prefix = {r.prefix: r for r in load_settings({**GOOD, "BFF_API_ROUTES": routes}).api_routes}
+    assert by_prefix["/reports"].audience == "demo-reports"
+    assert by_prefix["/reports"].scope == "a b"  # normalised: the cache key does not depend on the spelling
+    assert by_prefix["/m2m"].token == "client" and by_prefix["/m2m"].resource == ("https://api.example/x",)
+    assert by_prefix["/mixed"].resource == ("urn:a", "urn:b")
+    assert all(r.shapes_token for r in by_prefix.values())
+
+
+def test_every_problem_of_every_route_is_reported_at_once():
+    routes = json.dumps(
+        [
+            {"prefix": "/a", "upstream": "ftp://x", "token": "admin", "resource": "relative/path"},
+            {"prefix": "/b", "upstream": "http://x", "token": "none", "audience": "api"},
+            {
+                "prefix": "/c",
+                "upstream": "http://x",
+                "resource": "https://x/#frag",
+                "scope": "read caf\u00e9",
+            },
+        ]
+    )
+    found = problems(BFF_API_ROUTES=routes)
+    assert len(found) == 6, found
+    assert any("route /a: upstream must be" in p for p in found)
+    assert any("route /a: token must be one of" in p for p in found)
+    assert any("route /a: resource 'relative/path'" in p for p in found)
+    assert any("route /b: audience, resource and scope need a token policy" in p for p in found)
+    assert any("route /c: resource 'https://x/#frag'" in p for p in found)
+    assert any("route /c: scope must be" in p for p in found)

@@ -9,25 +9,22 @@ before ending the session, because a refresh by someone else rotates the token u
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
-from .errors import IdPUnavailable, NotAuthenticated, ServiceUnavailable, SessionEnded
-from .metrics import Metrics
-from .oidc.client import OIDCClient, TokenResponse
-from .oidc.errors import OIDCError, TokenError
-from .oidc.validation import Expectations, validate_id_token
-from .session.models import Session, jwt_claims
-from .session.store import SessionStore, StoreLock, locked
+from ..errors import IdPUnavailable, NotAuthenticated, ServiceUnavailable, SessionEnded
+from ..metrics import Metrics
+from ..oidc.client import OIDCClient, TokenResponse
+from ..oidc.errors import OIDCError, TokenError
+from ..oidc.validation import Expectations, validate_id_token
+from ..session.models import Session, jwt_claims
+from ..session.store import SessionStore, locked
+from .flight import LOCK_TIMEOUT, LOCK_WAIT, SingleFlight, renewing
 
 log = logging.getLogger("bff.tokens")
 audit = logging.getLogger("bff.audit")
 
-LOCK_TIMEOUT = 10.0  # seconds a lock lives without renewal
-LOCK_WAIT = 30.0  # how long a request waits for another process's refresh
 # An access token an upstream refuses this soon after it was obtained is not refreshed
 # again: an upstream that refuses every token must not cause one refresh per request.
 REFUSED_MIN_AGE = 2
@@ -51,7 +48,7 @@ class TokenManager:
         self.metrics = metrics
         self.clock = clock
         self.revoke = revoke  # BFF_REVOKE_ON_LOGOUT: revoke the grants of sessions we end
-        self._inflight: dict[str, asyncio.Task[Session]] = {}
+        self._flight: SingleFlight[str, Session] = SingleFlight()
 
     def is_fresh(self, session: Session) -> bool:
         """Usable without a refresh: not within the skew of its expiry.
@@ -95,17 +92,7 @@ class TokenManager:
         The refresh runs in a task of its own, so a caller that goes away (a closed
         browser tab) does not cancel it for the other requests waiting on it.
         """
-        task = self._inflight.get(session.id)
-        if task is None:
-            task = asyncio.create_task(self._refresh_shared(session, force))
-            self._inflight[session.id] = task
-            task.add_done_callback(lambda t: self._done(session.id, t))
-        return await asyncio.shield(task)
-
-    def _done(self, session_id: str, task: asyncio.Task[Session]) -> None:
-        self._inflight.pop(session_id, None)
-        if not task.cancelled():
-            task.exception()  # retrieved here: every waiter may have gone away
+        return await self._flight.run(session.id, lambda: self._refresh_shared(session, force))
 
     async def _refresh_shared(self, session: Session, force: bool) -> Session:
         lock = self.store.lock(f"refresh:{session.id}", LOCK_TIMEOUT)
@@ -120,19 +107,8 @@ class TokenManager:
                 # Someone else refreshed while we waited for the lock: use their result.
                 self.metrics.refreshes.labels("shared").inc()
                 return current
-            renew = asyncio.create_task(self._renew(lock))
-            try:
+            async with renewing(lock):
                 return await self._refresh(current)
-            finally:
-                renew.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renew
-
-    @staticmethod
-    async def _renew(lock: StoreLock) -> None:
-        while True:
-            await asyncio.sleep(LOCK_TIMEOUT / 3)
-            await lock.extend()
 
     async def _refresh(self, session: Session) -> Session:
         if not session.refresh_token:
