@@ -1,8 +1,11 @@
 """A small upstream API for the demo: it trusts nothing but a valid bearer access token.
 
-Every request to ``/api/*`` must carry ``Authorization: Bearer <JWT>``; the token is
-validated against the realm's JWKS (signature, ``iss``, ``aud``, ``exp``; RS/PS/ES
-algorithms only) before anything is answered. Valid tokens are answered with the
+It is two APIs in one process, each with its own audience: ``/api/*`` (audience
+``demo-api``, the user's own token) and ``/reports/*`` and ``/status/*`` (audience
+``demo-reports``: a token the BFF obtained for this API by token exchange, or its own
+client-credentials token). Every request must carry ``Authorization: Bearer <JWT>``; the
+token is validated against the realm's JWKS (signature, ``iss``, the API's ``aud``, ``exp``;
+RS/PS/ES algorithms only) before anything is answered. Valid tokens are answered with the
 user's identity and the token's facts; anything else gets a 401 JSON error with a
 ``WWW-Authenticate`` header (RFC 6750).
 
@@ -16,7 +19,8 @@ Settings (environment):
     DEMO_API_PORT      port                              9000
     DEMO_API_ISSUER    issuer the tokens must carry      http://localhost:8081/realms/demo
     DEMO_API_JWKS_URL  where to fetch the signing keys   {issuer}/protocol/openid-connect/certs
-    DEMO_API_AUDIENCE  audience the tokens must carry    demo-api
+    DEMO_API_AUDIENCE  audience of /api/* tokens         demo-api
+    DEMO_API_REPORTS_AUDIENCE  audience of /reports/* and /status/* tokens   demo-reports
     DEMO_API_LEEWAY    clock skew tolerance in seconds   5
     DEMO_API_DEBUG     serve /debug/seen when 1/true     off
 
@@ -56,6 +60,7 @@ class ApiConfig:
     issuer: str = "http://localhost:8081/realms/demo"
     jwks_url: str = ""
     audience: str = "demo-api"
+    reports_audience: str = "demo-reports"
     leeway: int = 5
     debug: bool = False
     host: str = "127.0.0.1"
@@ -72,6 +77,7 @@ class ApiConfig:
             issuer=e.get("DEMO_API_ISSUER") or cls.issuer,
             jwks_url=e.get("DEMO_API_JWKS_URL", ""),
             audience=e.get("DEMO_API_AUDIENCE") or cls.audience,
+            reports_audience=e.get("DEMO_API_REPORTS_AUDIENCE") or cls.reports_audience,
             leeway=int(e.get("DEMO_API_LEEWAY") or cls.leeway),
             debug=(e.get("DEMO_API_DEBUG", "").lower() in ("1", "true", "yes", "on")),
             host=e.get("DEMO_API_HOST") or cls.host,
@@ -128,6 +134,12 @@ class Api:
         self.seen: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self.rejected: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
 
+    def audience_of(self, path: str) -> str:
+        """Each API its own audience: /reports and /status are the reports API."""
+        if path.startswith(("/reports/", "/status/")):
+            return self.config.reports_audience
+        return self.config.audience
+
     async def validate(self, request: Request) -> dict[str, Any]:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
@@ -149,7 +161,7 @@ class Api:
         registry = JWTClaimsRegistry(
             leeway=self.config.leeway,
             iss={"essential": True, "value": self.config.issuer},
-            aud={"essential": True, "value": self.config.audience},
+            aud={"essential": True, "value": self.audience_of(request.url.path)},
             exp={"essential": True},
             sub={"essential": True},
         )
@@ -218,6 +230,7 @@ def create_app(config: ApiConfig | None = None) -> Starlette:
                 "aud": claims.get("aud"),
                 "azp": claims.get("azp"),
                 "scope": claims.get("scope"),
+                "api": request.url.path.split("/")[1],
                 "token": {
                     "jti": claims.get("jti"),
                     "iat": claims.get("iat"),
@@ -254,7 +267,10 @@ def create_app(config: ApiConfig | None = None) -> Starlette:
 
     routes = [
         Route("/api/whoami", whoami, methods=["GET"]),
+        Route("/reports/whoami", whoami, methods=["GET"]),
+        Route("/status/whoami", whoami, methods=["GET"]),
         Route("/api/{rest:path}", not_found),
+        Route("/reports/{rest:path}", not_found),
         Route("/healthz", healthz, methods=["GET"]),
     ]
     if config.debug:

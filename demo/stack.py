@@ -16,6 +16,7 @@ DEMO_API_PORT (9000), DEMO_REDIS_PORT (6379). The realm file takes the BFF's URL
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -42,6 +43,7 @@ REALM = "demo"
 CLIENT_ID = "bff"
 CLIENT_SECRET = "bff-demo-secret"
 API_AUDIENCE = "demo-api"
+REPORTS_AUDIENCE = "demo-reports"  # the second API: tokens by exchange or client credentials
 KEYCLOAK_ADMIN = ("admin", "admin")
 DEMO_USERS = {"alice": "alice-password", "bob": "bob-password"}
 # Signs the demo's cookies. Published in this file: for the demo only, never for real use.
@@ -82,6 +84,9 @@ class StackConfig:
     keycloak_port: int = 8081
     api_port: int = 9000
     redis_port: int = 6379
+    # The example host app with the BFF embedded (examples/fastapi_host): not started by the
+    # demo, but registered at Keycloak so it can sign in too (the end-to-end test runs it).
+    embedded_port: int = 8082
     # Extra BFF_* settings (tests shorten timers with them); they win over the defaults.
     bff_overrides: Mapping[str, str] = field(default_factory=dict)
     api_debug: bool = False  # the sample API's /debug/seen
@@ -124,6 +129,10 @@ class StackConfig:
         return f"{self.issuer}/.well-known/openid-configuration"
 
     @property
+    def embedded_url(self) -> str:
+        return f"http://localhost:{self.embedded_port}"
+
+    @property
     def api_url(self) -> str:
         return f"http://localhost:{self.api_port}"
 
@@ -143,7 +152,7 @@ class StackConfig:
             "BFF_SECRET_KEY": DEMO_SECRET_KEY,
             "BFF_REDIS_URL": self.redis_url,
             "BFF_SCOPES": BFF_SCOPES,
-            "BFF_API_ROUTES": f"/api={self.api_url}",
+            "BFF_API_ROUTES": api_routes(self.api_url),
             "BFF_STATIC_DIR": str(SPA_DIST),
         }
         assert tuple(env) == BFF_VARIABLES
@@ -157,6 +166,7 @@ class StackConfig:
             "DEMO_API_ISSUER": self.issuer,
             "DEMO_API_JWKS_URL": f"{self.issuer}/protocol/openid-connect/certs",
             "DEMO_API_AUDIENCE": API_AUDIENCE,
+            "DEMO_API_REPORTS_AUDIENCE": REPORTS_AUDIENCE,
             "DEMO_API_DEBUG": "1" if self.api_debug else "0",
         }
 
@@ -166,6 +176,7 @@ class StackConfig:
             "KC_BOOTSTRAP_ADMIN_PASSWORD": KEYCLOAK_ADMIN[1],
             # Placeholders in keycloak/realm-demo.json, resolved by Keycloak at import.
             "DEMO_BFF_URL": self.public_url,
+            "DEMO_EMBEDDED_URL": self.embedded_url,
             "DEMO_BACKCHANNEL_LOGOUT_URL": f"{self.public_url}/bff/backchannel-logout",
         }
 
@@ -180,6 +191,24 @@ class StackConfig:
             "--http-host=127.0.0.1",
             f"--hostname={self.keycloak_url}",
         ]
+
+
+def api_routes(api_url: str) -> str:
+    """The demo's routes: the sample API with the user's token (/api), the reports API with a
+    token exchanged for its audience (/reports), and with the BFF's own token (/status)."""
+    return json.dumps(
+        [
+            {"prefix": "/api", "upstream": api_url},
+            {
+                "prefix": "/reports",
+                "upstream": api_url,
+                "audience": REPORTS_AUDIENCE,
+                "scope": REPORTS_AUDIENCE,
+            },
+            {"prefix": "/status", "upstream": api_url, "token": "client", "scope": REPORTS_AUDIENCE},
+        ],
+        separators=(",", ":"),
+    )
 
 
 class StackError(RuntimeError):
@@ -505,6 +534,7 @@ def config_for_tests(log_dir: Path, **overrides: str) -> StackConfig:
         keycloak_port=free_port(taken),
         api_port=free_port(taken),
         redis_port=free_port(taken),
+        embedded_port=free_port(taken),
         bff_overrides=dict(overrides),
         api_debug=True,
         log_dir=log_dir,

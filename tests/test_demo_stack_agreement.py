@@ -179,8 +179,8 @@ def test_same_bff_variables(services: dict[str, dict[str, Any]]) -> None:
     assert compose_env["BFF_PORT"] == str(native.CONTAINER_PORTS["bff"])
     assert compose_env["BFF_HOST"] == "0.0.0.0"
     assert compose_env["BFF_REDIS_URL"] == f"redis://redis:{native.CONTAINER_PORTS['redis']}/0"
-    assert compose_env["BFF_API_ROUTES"] == f"/api=http://api:{native.CONTAINER_PORTS['api']}"
-    assert native_env["BFF_API_ROUTES"] == f"/api={config.api_url}"
+    assert compose_env["BFF_API_ROUTES"] == native.api_routes(f"http://api:{native.CONTAINER_PORTS['api']}")
+    assert native_env["BFF_API_ROUTES"] == native.api_routes(config.api_url)
 
 
 def test_same_keycloak(services: dict[str, dict[str, Any]]) -> None:
@@ -198,7 +198,12 @@ def test_same_keycloak(services: dict[str, dict[str, Any]]) -> None:
     assert env["KC_HOSTNAME"] == config.keycloak_url
     assert f"--hostname={config.keycloak_url}" in native_args
     assert env["KC_HOSTNAME_BACKCHANNEL_DYNAMIC"] == "true"
-    for name in ("KC_BOOTSTRAP_ADMIN_USERNAME", "KC_BOOTSTRAP_ADMIN_PASSWORD", "DEMO_BFF_URL"):
+    for name in (
+        "KC_BOOTSTRAP_ADMIN_USERNAME",
+        "KC_BOOTSTRAP_ADMIN_PASSWORD",
+        "DEMO_BFF_URL",
+        "DEMO_EMBEDDED_URL",
+    ):
         assert env[name] == native_env[name], name
     assert env["DEMO_BACKCHANNEL_LOGOUT_URL"] == (
         f"http://bff:{native.CONTAINER_PORTS['bff']}/bff/backchannel-logout"
@@ -216,6 +221,9 @@ def test_same_api(services: dict[str, dict[str, Any]]) -> None:
     assert set(env) <= set(native_env)
     assert env["DEMO_API_ISSUER"] == native_env["DEMO_API_ISSUER"] == config.issuer
     assert env["DEMO_API_AUDIENCE"] == native_env["DEMO_API_AUDIENCE"] == native.API_AUDIENCE
+    assert (
+        env["DEMO_API_REPORTS_AUDIENCE"] == native_env["DEMO_API_REPORTS_AUDIENCE"] == native.REPORTS_AUDIENCE
+    )
     assert env["DEMO_API_PORT"] == str(native.CONTAINER_PORTS["api"])
     kc_inside = f"http://keycloak:{native.CONTAINER_PORTS['keycloak']}"
     assert env["DEMO_API_JWKS_URL"] == native_env["DEMO_API_JWKS_URL"].replace(config.keycloak_url, kc_inside)
@@ -237,9 +245,17 @@ def test_realm_agrees_with_both() -> None:
     assert client["secret"] == native.CLIENT_SECRET
     assert not client["publicClient"]
     default_bff = "${DEMO_BFF_URL:" + config.public_url + "}"
-    assert client["redirectUris"] == [f"{default_bff}/bff/callback"]
+    default_embedded = "${DEMO_EMBEDDED_URL:" + config.embedded_url + "}"
+    assert client["redirectUris"] == [f"{default_bff}/bff/callback", f"{default_embedded}/bff/callback"]
     attrs = client["attributes"]
-    assert attrs["post.logout.redirect.uris"] == f"{default_bff}/bff/post-logout"
+    assert (
+        attrs["post.logout.redirect.uris"]
+        == f"{default_bff}/bff/post-logout##{default_embedded}/bff/post-logout"
+    )
+    # Token exchange for the reports API's audience and the BFF's own client credentials.
+    assert attrs["standard.token.exchange.enabled"] == "true" and client["serviceAccountsEnabled"]
+    assert native.REPORTS_AUDIENCE in client["optionalClientScopes"]
+    assert native.REPORTS_AUDIENCE in {c["clientId"] for c in realm["clients"]}
     assert attrs["backchannel.logout.url"] == (
         "${DEMO_BACKCHANNEL_LOGOUT_URL:" + config.public_url + "/bff/backchannel-logout}"
     )

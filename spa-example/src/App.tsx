@@ -155,6 +155,7 @@ function SignedInView({ user, onReload }: { user: User; onReload: () => Promise<
         </button>
       </section>
       <ApiPanel />
+      <RouteTokensPanel />
       <SessionsPanel />
     </>
   );
@@ -210,6 +211,65 @@ function ApiPanel() {
           <pre>{JSON.stringify(result, null, 2)}</pre>
         </div>
       )}
+    </section>
+  );
+}
+
+interface OtherApi {
+  sub: string;
+  aud: string | string[];
+  azp?: string;
+  api: string;
+  token: { jti?: string; exp: number };
+}
+
+/** Two more routes of the same sample API, each with a token of its own (BFF_API_ROUTES):
+ * /reports gets a token the BFF exchanged for the audience demo-reports, /status the BFF's
+ * own client-credentials token. */
+function RouteTokensPanel() {
+  const [results, setResults] = useState<Record<string, OtherApi | string>>({});
+
+  const call = async (name: "reports" | "status") => {
+    try {
+      const answer = await bffJson<OtherApi>(`/${name}/whoami`);
+      setResults((r) => ({ ...r, [name]: answer }));
+    } catch (err) {
+      if (err instanceof SignedOut) return;
+      setResults((r) => ({ ...r, [name]: describeError(err) }));
+    }
+  };
+
+  return (
+    <section className="card" data-testid="route-tokens-panel">
+      <div className="row">
+        <h2>Tokens per API</h2>
+        <button type="button" data-testid="call-reports" onClick={() => void call("reports")}>
+          GET /reports/whoami
+        </button>
+        <button type="button" data-testid="call-status" onClick={() => void call("status")}>
+          GET /status/whoami
+        </button>
+      </div>
+      <p className="muted">
+        /reports is called with a token exchanged for its own audience (RFC 8693), /status with the BFF&apos;s own
+        client-credentials token: neither sees your login&apos;s token.
+      </p>
+      {(["reports", "status"] as const).map((name) => {
+        const result = results[name];
+        if (result === undefined) return null;
+        if (typeof result === "string") {
+          return (
+            <p key={name} className="error" data-testid={`${name}-error`}>
+              {result}
+            </p>
+          );
+        }
+        return (
+          <div key={name} data-testid={`${name}-result`} data-jti={result.token.jti ?? ""}>
+            <pre>{JSON.stringify(result, null, 2)}</pre>
+          </div>
+        );
+      })}
     </section>
   );
 }

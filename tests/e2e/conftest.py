@@ -10,11 +10,11 @@ the rest of the suite either. Tests here are therefore synchronous.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, sync_playwright
 
 from demo.stack import Stack, StackError, config_for_tests
 from tests.support import ROOT
@@ -76,3 +76,19 @@ def browser() -> Iterator[Browser]:
         launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
+
+
+@pytest.fixture
+def contexts(browser: Browser) -> Iterator[Callable[[], BrowserContext]]:
+    """new_context(): a separate browser profile (own cookies), closed after the test."""
+    made: list[BrowserContext] = []
+
+    def new_context() -> BrowserContext:
+        context = browser.new_context(viewport={"width": 1100, "height": 900})
+        context.set_default_timeout(UI_TIMEOUT)
+        made.append(context)
+        return context
+
+    yield new_context
+    for context in made:
+        context.close()

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import BrowserContext, Page, expect
 
 from demo.stack import DEMO_USERS, Stack
 from tests.e2e.conftest import ARTIFACTS, REFRESH_SKEW, UI_TIMEOUT
@@ -39,24 +39,11 @@ class Shots:
         page.screenshot(path=str(ARTIFACTS / f"{self.prefix}-{self.n:02d}-{step}.png"), full_page=True)
 
 
-@pytest.fixture
-def contexts(browser: Browser) -> Iterator[Callable[[], BrowserContext]]:
-    """new_context(): a separate browser profile (own cookies), closed after the test."""
-    made: list[BrowserContext] = []
-
-    def new_context() -> BrowserContext:
-        context = browser.new_context(viewport={"width": 1100, "height": 900})
-        context.set_default_timeout(UI_TIMEOUT)
-        made.append(context)
-        return context
-
-    yield new_context
-    for context in made:
-        context.close()
-
-
-def sign_in(page: Page, stack: Stack, username: str, shots: Shots | None = None) -> None:
-    """From the SPA's signed-out screen through Keycloak's login form and back."""
+def sign_in(
+    page: Page, stack: Stack, username: str, shots: Shots | None = None, back_to: str | None = None
+) -> None:
+    """From the SPA's signed-out screen through Keycloak's login form and back (to the BFF's
+    public URL, or ``back_to``)."""
     expect(page.get_by_test_id("signed-out")).to_be_visible()
     page.get_by_test_id("login-button").click()
     page.wait_for_url(f"{stack.config.keycloak_url}/realms/demo/protocol/openid-connect/auth?**")
@@ -66,7 +53,7 @@ def sign_in(page: Page, stack: Stack, username: str, shots: Shots | None = None)
     if shots:
         shots(page, "keycloak-login-form")
     page.click("#kc-login")
-    page.wait_for_url(f"{stack.config.public_url}/**")
+    page.wait_for_url(f"{back_to or stack.config.public_url}/**")
     expect(page.get_by_test_id("signed-in")).to_be_visible()
 
 
