@@ -244,6 +244,35 @@ def section_embedded(stack: Stack, results: dict[str, Any]) -> None:
         stack.stop(gateway)
 
 
+def section_dpop(stack: Stack, results: dict[str, Any]) -> None:
+    """The proxied call with DPoP-bound tokens (a fresh ES256 proof per call) vs bearer tokens,
+    same run. The upstream's /bench answers without checking the proof, so only the BFF's
+    side of DPoP is measured."""
+    log("== dpop: proxied calls with DPoP-bound tokens (one ES256 proof per call) vs bearer")
+    stack.provider.configure(dpop=True)
+    figures = {}
+    try:
+        for name, extra in (("bearer", {}), ("dpop", {"BFF_DPOP": "true"})):
+            bff = stack.bff(**extra)
+            headers = {"Cookie": asyncio.run(login(bff.url)), "X-CSRF": "1"}
+            wrk(f"{bff.url}/api/bench", headers, duration=2)
+            assert bff.proc is not None
+            cpu0 = cpu_seconds(bff.proc.pid)
+            r = wrk(f"{bff.url}/api/bench", headers)
+            r["cpu_us"] = (cpu_seconds(bff.proc.pid) - cpu0) / r["requests"] * 1e6
+            figures[name] = r
+            stack.stop(bff)
+            log(f"  {name:<8}        {fmt(r)}   CPU {r['cpu_us']:.0f} us/request   non-2xx {r['non2xx']}")
+    finally:
+        stack.provider.reset()
+    extra_us = figures["dpop"]["cpu_us"] - figures["bearer"]["cpu_us"]
+    log(
+        f"  DPoP costs {extra_us:.0f} us of BFF CPU per call; req/s ratio dpop/bearer "
+        f"{figures['dpop']['rps'] / figures['bearer']['rps']:.3f}"
+    )
+    results["dpop"] = figures
+
+
 def section_workers(stack: Stack, results: dict[str, Any]) -> None:
     log("== workers: BFF_WORKERS=2 vs one process")
     direct = wrk(f"{stack.upstream.url}/bench")
@@ -494,6 +523,7 @@ def _used_memory(redis: RedisServer) -> int:
 SECTIONS = {
     "proxy": section_proxy,
     "embedded": section_embedded,
+    "dpop": section_dpop,
     "workers": section_workers,
     "clients": section_clients,
     "login": section_login,

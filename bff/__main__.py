@@ -23,11 +23,35 @@ def _load() -> Settings:
         raise SystemExit(2) from None
 
 
+def _preflight(settings: Settings) -> None:
+    """With BFF_PROFILE=fapi2, the IdP's metadata must meet the profile before the BFF serves:
+    every unmet rule is printed and the start refused. An IdP that cannot be reached yet is
+    checked again when the metadata loads (the BFF stays not ready if it then fails)."""
+    if settings.profile != "fapi2":
+        return
+    import asyncio
+
+    from .check import profile_problems
+
+    problems = asyncio.run(profile_problems(settings))
+    if problems is None:
+        print(
+            "bff: the IdP's metadata could not be loaded yet; the FAPI 2.0 rules are checked when it is",
+            file=sys.stderr,
+        )
+        return
+    for problem in problems:
+        print(f"bff: configuration error: {problem}", file=sys.stderr)
+    if problems:
+        raise SystemExit(2)
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
     from .log import setup_logging
 
+    _preflight(settings)
     setup_logging(settings.log_format, settings.log_level)
     options: dict[str, object] = {
         "host": settings.host,

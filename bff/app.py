@@ -23,6 +23,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
+from .dpop import deployment_key
 from .error_handlers import handle_bff_error, handle_http_exception, handle_protocol_error, handle_unexpected
 from .errors import BFFError
 from .gate import SessionGate
@@ -32,6 +33,7 @@ from .oidc.client import OIDCClient
 from .oidc.errors import OIDCError, TokenError
 from .oidc.provider import Provider
 from .oidc.validation import Expectations
+from .profiles import metadata_problems
 from .proxy import Proxy
 from .routes import auth, health, sessions, user
 from .security.cookies import Cookies
@@ -165,7 +167,9 @@ def create_app(
         event_hooks={"request": [on_request], "response": [on_response]},
         headers={"User-Agent": "bff"},
     )
-    provider = Provider(http, settings.discovery_url, settings.issuer)
+    provider = Provider(
+        http, settings.discovery_url, settings.issuer, check=lambda meta: metadata_problems(settings, meta)
+    )
     client = OIDCClient(settings, http, provider)
     checks = Expectations(
         provider,
@@ -180,6 +184,7 @@ def create_app(
     tokens = TokenManager(
         store, client, checks, settings.token_refresh_skew, metrics, clock, settings.revoke_on_logout
     )
+    client_key = deployment_key(settings.secret_keys[0], settings.dpop_client_key) if settings.dpop else None
     services = Services(
         settings=settings,
         store=store,
@@ -187,7 +192,7 @@ def create_app(
         provider=provider,
         client=client,
         tokens=tokens,
-        route_tokens=RouteTokens(store, client, tokens, metrics, clock),
+        route_tokens=RouteTokens(store, client, tokens, metrics, clock, client_key),
         cookies=cookies,
         metrics=metrics,
         checks=checks,

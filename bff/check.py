@@ -9,6 +9,7 @@ import httpx
 from .errors import BFFError
 from .oidc.errors import OIDCError
 from .oidc.provider import Provider
+from .profiles import metadata_problems
 from .session.redis_store import connect
 from .settings import Settings
 
@@ -26,6 +27,16 @@ class Report:
     def fail(self, text: str) -> None:
         self.failed = True
         print(f"  FAIL  {text}")
+
+
+async def profile_problems(settings: Settings) -> list[str] | None:
+    """The profile's unmet metadata rules; None when the metadata cannot be loaded."""
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        try:
+            meta = await Provider(http, settings.discovery_url, settings.issuer).metadata()
+        except (BFFError, OIDCError):
+            return None
+    return metadata_problems(settings, meta)
 
 
 async def check_config(settings: Settings) -> int:
@@ -79,6 +90,10 @@ async def check_config(settings: Settings) -> int:
             "offline_access not requested: refresh tokens come with the login where the IdP"
             " issues them so (Keycloak does); see BFF_SCOPES"
         )
+    for problem in metadata_problems(settings, meta):
+        report.fail(problem)
+    if settings.profile == "fapi2" and not metadata_problems(settings, meta):
+        report.ok("the IdP meets the FAPI 2.0 profile's rules for this client")
     if settings.use_par and meta.pushed_authorization_request_endpoint is None:
         report.fail("BFF_USE_PAR=true but the IdP has no pushed_authorization_request_endpoint")
     if meta.end_session_endpoint is None:

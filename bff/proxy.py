@@ -26,6 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
 from .challenges import challenge_error
+from .dpop import Nonces
 from .error_handlers import from_protocol_error
 from .errors import (
     BadRequest,
@@ -78,9 +79,10 @@ _REQUEST_DROP = _HOP_BY_HOP | frozenset(
         "expect",
         "content-length",
         "x-request-id",
+        "dpop",
     }
 )
-_RESPONSE_DROP = _HOP_BY_HOP | frozenset({"set-cookie", "set-cookie2", "content-length"})
+_RESPONSE_DROP = _HOP_BY_HOP | frozenset({"set-cookie", "set-cookie2", "content-length", "dpop-nonce"})
 _CONTROL = re.compile(rb"[\x00-\x20\x7f]")
 _BAD_RAW = (b"%2e", b"%2f", b"%5c", b"\\", b"//", b"%00", b"%25")
 
@@ -99,11 +101,6 @@ class _Route:
     origin: str
     timeout: aiohttp.ClientTimeout
     latency: Any  # the route's child of the latency histogram, looked up once
-
-
-def _token_refused(response: aiohttp.ClientResponse) -> bool:
-    """An RFC 6750 ``invalid_token`` challenge: the upstream says the token itself is bad."""
-    return challenge_error(response.headers.getall("www-authenticate", []), "bearer") == "invalid_token"
 
 
 def check_path(raw: bytes) -> None:
@@ -153,6 +150,7 @@ class Proxy:
                 )
             )
         self._clients: dict[str, aiohttp.ClientSession] = {}
+        self.nonces = Nonces()  # the upstreams' DPoP nonces, by origin
         self._counters: dict[tuple[str, int], Any] = {}
 
     async def start(self) -> None:
@@ -306,17 +304,44 @@ class Proxy:
             headers.append(("content-length", content_length.decode()))
         body, replayable = await self._body(receive, content_length, chunked)
         response = await self._call(route, scope["method"], target, headers, credential, body)
-        session = credential.session if credential is not None else None
-        if session is not None and replayable and response.status == 401 and _token_refused(response):
-            renewed = await self.svc.tokens.after_refusal(session)
-            if renewed is not None:  # one retry with the new token (RFC 6750 invalid_token)
-                response.release()
-                credential = Credential(renewed.access_token, "Bearer", renewed)
-                response = await self._call(route, scope["method"], target, headers, credential, body)
+        if replayable and response.status == 401 and credential is not None:
+            response = await self._retry(route, scope["method"], target, headers, credential, body, response)
         try:
             return await self._relay(route, scope, send, response)
         finally:
             response.release()
+
+    async def _retry(
+        self,
+        route: _Route,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        credential: Credential,
+        body: Any,
+        response: aiohttp.ClientResponse,
+    ) -> aiohttp.ClientResponse:
+        """One more try of a replayable call the upstream refused with 401: with the nonce it
+        asked for (RFC 9449 §9 ``use_dpop_nonce``), or after a refresh of a token it called
+        invalid (RFC 6750 ``invalid_token``). Otherwise its answer goes to the SPA as it is."""
+        challenges = response.headers.getall("www-authenticate", [])
+        if (
+            credential.key is not None
+            and response.headers.get("dpop-nonce")
+            and (challenge_error(challenges, "dpop") == "use_dpop_nonce")
+        ):
+            response.release()
+            return await self._call(route, method, target, headers, credential, body)
+        if (
+            credential.session is not None
+            and challenge_error(challenges, credential.scheme.lower()) == "invalid_token"
+        ):
+            renewed = await self.svc.tokens.after_refusal(credential.session)
+            if renewed is not None:
+                response.release()
+                credential = self.svc.route_tokens.session_credential(renewed)
+                return await self._call(route, method, target, headers, credential, body)
+        return response
 
     async def _call(
         self,
@@ -329,6 +354,11 @@ class Proxy:
     ) -> aiohttp.ClientResponse:
         if credential is not None:
             headers = [*headers, ("authorization", f"{credential.scheme} {credential.token}")]
+            if credential.key is not None:  # a DPoP-bound token: a fresh proof for this call
+                proof = credential.key.proof(
+                    method, target, access_token=credential.token, nonce=self.nonces.get(target)
+                )
+                headers.append(("dpop", proof))
         client = self._clients[route.origin]
         started = time.perf_counter()
         try:
@@ -349,6 +379,8 @@ class Proxy:
             )
             raise UpstreamUnavailable() from exc
         route.latency.observe(time.perf_counter() - started)
+        if credential is not None and credential.key is not None:
+            self.nonces.update(target, response.headers.get)  # RFC 9449 §9: any answer may rotate it
         return response
 
     async def _relay(self, route: _Route, scope: Scope, send: Send, response: aiohttp.ClientResponse) -> int:

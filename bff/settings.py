@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -53,6 +53,9 @@ SETTINGS_DOC: dict[str, str] = {
     "BFF_CLIENT_AUTH_METHOD": "token endpoint client authentication",
     "BFF_CLIENT_PRIVATE_KEY": "private key for private_key_jwt",
     "BFF_USE_PAR": "use pushed authorization requests",
+    "BFF_DPOP": "bind tokens to DPoP keys",
+    "BFF_DPOP_CLIENT_KEY": "the DPoP key of the BFF's own tokens",
+    "BFF_PROFILE": "security profile (fapi2)",
     "BFF_PUBLIC_URL": "external origin of the BFF",
     "BFF_SECRET_KEY": "cookie signing keys",
     "BFF_ENCRYPTION_KEYS": "session encryption keys",
@@ -128,6 +131,9 @@ class Settings:
     client_auth_method: str = "auto"
     client_private_key: str | None = field(default=None, repr=False)
     use_par: bool = False
+    dpop: bool = False
+    dpop_client_key: str | None = field(default=None, repr=False)
+    profile: Literal["none", "fapi2"] = "none"
     encryption_keys: tuple[str, ...] = field(default=(), repr=False)
     host: str = "127.0.0.1"
     port: int = 8080
@@ -408,11 +414,11 @@ def parse_api_routes(value: str, problems: list[str]) -> tuple[ApiRoute, ...]:
     return tuple(sorted(routes, key=lambda r: len(r.prefix), reverse=True))
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings from ``env`` (default: os.environ); raise ConfigError listing every problem."""
-    r = _Reader(os.environ if env is None else env)
-    allow_http = r.boolean("BFF_INSECURE_ALLOW_HTTP", False)
+Values = dict[str, Any]
 
+
+def _client(r: _Reader, allow_http: bool) -> Values:
+    """The IdP and how the BFF authenticates to it."""
     issuer = r.required("BFF_ISSUER", "the OIDC issuer URL, e.g. https://idp.example.com/realms/x")
     issuer = _check_url(r, "BFF_ISSUER", issuer, allow_http, origin_only=False)
     discovery_url = r.raw("BFF_DISCOVERY_URL") or ""
@@ -420,35 +426,105 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         discovery_url = _check_url(r, "BFF_DISCOVERY_URL", discovery_url, True, origin_only=False)
     elif issuer:
         discovery_url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-    client_id = r.required("BFF_CLIENT_ID", "the client id registered at the IdP")
     client_secret = r.raw("BFF_CLIENT_SECRET")
     auth_method = r.choice(
         "BFF_CLIENT_AUTH_METHOD",
         "auto",
         ("auto", "client_secret_basic", "client_secret_post", "private_key_jwt"),
     )
-    private_key = r.raw("BFF_CLIENT_PRIVATE_KEY")
-    if private_key and not private_key.lstrip().startswith(("-----BEGIN", "{")):
-        path = Path(private_key)
-        if path.is_file():
-            private_key = path.read_text()
-        else:
-            r.problems.append("BFF_CLIENT_PRIVATE_KEY must be a PEM/JWK or the path of a file holding one")
+    private_key = _key_text(r, "BFF_CLIENT_PRIVATE_KEY")
     if auth_method == "private_key_jwt" and not private_key:
         r.problems.append("BFF_CLIENT_PRIVATE_KEY is required when BFF_CLIENT_AUTH_METHOD=private_key_jwt")
     if auth_method in ("client_secret_basic", "client_secret_post") and not client_secret:
         r.problems.append(f"BFF_CLIENT_SECRET is required for BFF_CLIENT_AUTH_METHOD={auth_method}")
     if auth_method == "auto" and not client_secret and not private_key:
         r.problems.append("BFF_CLIENT_SECRET is required (or set BFF_CLIENT_PRIVATE_KEY for private_key_jwt)")
+    return {
+        "issuer": issuer,
+        "discovery_url": discovery_url,
+        "client_id": r.required("BFF_CLIENT_ID", "the client id registered at the IdP"),
+        "client_secret": client_secret,
+        "client_auth_method": auth_method,
+        "client_private_key": private_key,
+        "use_par": r.boolean("BFF_USE_PAR", False),
+        "scopes": _scopes(r),
+        "extra_auth_params": _extra_params(r),
+        "id_token_algs": _id_token_algs(r),
+        "fetch_userinfo": r.choice("BFF_FETCH_USERINFO", "auto", ("auto", "true", "false")),
+        "revoke_on_logout": r.boolean("BFF_REVOKE_ON_LOGOUT", True),
+    }
 
-    public_url = r.required("BFF_PUBLIC_URL", "the external origin, e.g. https://app.example.com")
-    public_url = _check_url(r, "BFF_PUBLIC_URL", public_url, allow_http, origin_only=True)
 
+def _key_text(r: _Reader, name: str) -> str | None:
+    """A PEM or JWK given inline or as the path of a file holding one."""
+    text = r.raw(name)
+    if text and not text.lstrip().startswith(("-----BEGIN", "{")):
+        path = Path(text)
+        if path.is_file():
+            return path.read_text()
+        r.problems.append(f"{name} must be a PEM/JWK or the path of a file holding one")
+    return text
+
+
+def _scopes(r: _Reader) -> tuple[str, ...]:
+    scopes = tuple((r.raw("BFF_SCOPES") or "openid profile email").split())
+    if "openid" not in scopes:
+        r.problems.append("BFF_SCOPES must include openid")
+    return scopes
+
+
+_RESERVED_PARAMS = frozenset(
+    {
+        "state",
+        "nonce",
+        "code_challenge",
+        "code_challenge_method",
+        "redirect_uri",
+        "client_id",
+        "response_type",
+        "scope",
+        "request_uri",
+        "dpop_jkt",
+    }
+)
+
+
+def _extra_params(r: _Reader) -> tuple[tuple[str, str], ...]:
+    params: list[tuple[str, str]] = []
+    raw = r.raw("BFF_EXTRA_AUTH_PARAMS")
+    for pair in raw.split("&") if raw else []:
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            r.problems.append("BFF_EXTRA_AUTH_PARAMS must look like key=value&key2=value2")
+            break
+        if k in _RESERVED_PARAMS:
+            r.problems.append(f"BFF_EXTRA_AUTH_PARAMS may not set {k}; the BFF sets it")
+            break
+        params.append((k, v))
+    return tuple(params)
+
+
+def _id_token_algs(r: _Reader) -> tuple[str, ...]:
+    # OIDC Core §3.1.3.7 step 7: the registered id_token_signed_response_alg, RS256 unless
+    # registered otherwise; anything else the IdP merely advertises is refused.
+    algs_raw = r.raw("BFF_ID_TOKEN_ALGS")
+    if not algs_raw:
+        return ("RS256",)
+    algs = tuple(a.strip() for a in algs_raw.split(",") if a.strip())
+    bad = [a for a in algs if a not in ASYMMETRIC_ALGS]
+    if bad or not algs:
+        r.problems.append(
+            f"BFF_ID_TOKEN_ALGS may hold only asymmetric algorithms ({', '.join(ASYMMETRIC_ALGS)}),"
+            f" got {', '.join(bad) or 'nothing'}"
+        )
+    return algs
+
+
+def _secrets(r: _Reader) -> Values:
     secret_raw = r.required("BFF_SECRET_KEY", "at least 32 characters; comma-separated to rotate")
     secret_keys = tuple(k.strip() for k in secret_raw.split(",") if k.strip())
     if secret_raw and (not secret_keys or any(len(k) < 32 for k in secret_keys)):
         r.problems.append("BFF_SECRET_KEY: every key must be at least 32 characters")
-
     enc_raw = r.raw("BFF_ENCRYPTION_KEYS")
     encryption_keys: tuple[str, ...] = ()
     if enc_raw:
@@ -461,22 +537,28 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             except ValueError as exc:
                 r.problems.append(f"BFF_ENCRYPTION_KEYS: {exc}")
                 break
+    return {"secret_keys": secret_keys, "encryption_keys": encryption_keys}
 
+
+_REDIS_SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+)
+
+
+def _store(r: _Reader) -> Values:
     store = r.choice("BFF_SESSION_STORE", "redis", ("redis", "memory"))
     redis_url = r.raw("BFF_REDIS_URL") or "redis://localhost:6379/0"
     if store == "redis":
-        scheme = urlsplit(redis_url).scheme
-        valid = (
-            "redis",
-            "rediss",
-            "unix",
-            "redis+sentinel",
-            "rediss+sentinel",
-            "redis+cluster",
-            "rediss+cluster",
-        )
-        if scheme not in valid:
-            r.problems.append(f"BFF_REDIS_URL must start with one of {', '.join(s + '://' for s in valid)}")
+        if urlsplit(redis_url).scheme not in _REDIS_SCHEMES:
+            r.problems.append(
+                f"BFF_REDIS_URL must start with one of {', '.join(s + '://' for s in _REDIS_SCHEMES)}"
+            )
         else:
             from .session.redis_store import check_url  # local import: settings stays light
 
@@ -484,56 +566,23 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 check_url(redis_url)
             except ValueError as exc:
                 r.problems.append(f"BFF_REDIS_URL: {exc}")
-
-    scopes = tuple((r.raw("BFF_SCOPES") or "openid profile email").split())
-    if "openid" not in scopes:
-        r.problems.append("BFF_SCOPES must include openid")
-
-    extra_params: list[tuple[str, str]] = []
-    extra_raw = r.raw("BFF_EXTRA_AUTH_PARAMS")
-    reserved = {
-        "state",
-        "nonce",
-        "code_challenge",
-        "code_challenge_method",
-        "redirect_uri",
-        "client_id",
-        "response_type",
-        "scope",
-        "request_uri",
+    return {
+        "session_store": store,
+        "redis_url": redis_url,
+        "redis_timeout": r.number("BFF_REDIS_TIMEOUT", 2.0, minimum=0.1, maximum=60.0),
+        "session_idle_timeout": r.integer("BFF_SESSION_IDLE_TIMEOUT", 1800, minimum=1),
+        "session_absolute_timeout": r.integer("BFF_SESSION_ABSOLUTE_TIMEOUT", 43200, minimum=1),
+        "max_sessions_per_user": r.integer("BFF_MAX_SESSIONS_PER_USER", 0, minimum=0),
     }
-    if extra_raw:
-        for pair in extra_raw.split("&"):
-            k, sep, v = pair.partition("=")
-            if not sep or not k:
-                r.problems.append("BFF_EXTRA_AUTH_PARAMS must look like key=value&key2=value2")
-                break
-            if k in reserved:
-                r.problems.append(f"BFF_EXTRA_AUTH_PARAMS may not set {k}; the BFF sets it")
-                break
-            extra_params.append((k, v))
 
-    routes: tuple[ApiRoute, ...] = ()
-    routes_raw = r.raw("BFF_API_ROUTES")
-    if routes_raw:
-        routes = parse_api_routes(routes_raw, r.problems)
 
-    static_dir: Path | None = None
-    static_raw = r.raw("BFF_STATIC_DIR")
-    if static_raw:
-        static_dir = Path(static_raw)
-        if not (static_dir / "index.html").is_file():
-            r.problems.append(f"BFF_STATIC_DIR must be a folder holding index.html, got {static_raw!r}")
-
-    idle = r.integer("BFF_SESSION_IDLE_TIMEOUT", 1800, minimum=1)
-    absolute = r.integer("BFF_SESSION_ABSOLUTE_TIMEOUT", 43200, minimum=1)
+def _browser(r: _Reader, public_url: str, allow_http: bool) -> Values:
+    """What the browser sees: cookies, redirects, the served SPA and its headers."""
     post_logout = r.raw("BFF_POST_LOGOUT_REDIRECT_URI") or (f"{public_url}/" if public_url else "")
     if r.raw("BFF_POST_LOGOUT_REDIRECT_URI"):
         post_logout = _check_url(
             r, "BFF_POST_LOGOUT_REDIRECT_URI", post_logout, allow_http, origin_only=False
         )
-
-    samesite = r.choice("BFF_COOKIE_SAMESITE", "lax", ("lax", "strict"))
     secure = public_url.startswith("https://")
     # __Host-Http- (RFC 10017): only an HttpOnly cookie set over https may carry it, so
     # script cannot plant one; browsers without the rule still enforce the __Host- part.
@@ -544,20 +593,29 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         r.problems.append(
             "BFF_COOKIE_NAME with a __Host-, __Http- or __Secure- prefix needs an https BFF_PUBLIC_URL"
         )
+    values: Values = {
+        "post_logout_redirect_uri": post_logout,
+        "cookie_name": cookie_name,
+        "cookie_samesite": r.choice("BFF_COOKIE_SAMESITE", "lax", ("lax", "strict")),
+    }
+    static_raw = r.raw("BFF_STATIC_DIR")
+    if static_raw:
+        values["static_dir"] = Path(static_raw)
+        if not (values["static_dir"] / "index.html").is_file():
+            r.problems.append(f"BFF_STATIC_DIR must be a folder holding index.html, got {static_raw!r}")
+    csp = r.raw("BFF_CONTENT_SECURITY_POLICY")
+    if csp is not None:
+        if "\r" in csp or "\n" in csp:
+            r.problems.append("BFF_CONTENT_SECURITY_POLICY must be one line")
+        values["content_security_policy"] = csp
+    frame_ancestors = r.raw("BFF_FRAME_ANCESTORS")
+    if frame_ancestors is not None:
+        values["frame_ancestors"] = frame_ancestors
+    return values
 
-    algs_raw = r.raw("BFF_ID_TOKEN_ALGS")
-    # OIDC Core §3.1.3.7 step 7: the registered id_token_signed_response_alg, RS256 unless
-    # registered otherwise; anything else the IdP merely advertises is refused.
-    algs: tuple[str, ...] = ("RS256",)
-    if algs_raw:
-        algs = tuple(a.strip() for a in algs_raw.split(",") if a.strip())
-        bad = [a for a in algs if a not in ASYMMETRIC_ALGS]
-        if bad or not algs:
-            r.problems.append(
-                f"BFF_ID_TOKEN_ALGS may hold only asymmetric algorithms ({', '.join(ASYMMETRIC_ALGS)}),"
-                f" got {', '.join(bad) or 'nothing'}"
-            )
 
+def _proxy(r: _Reader) -> Values:
+    routes_raw = r.raw("BFF_API_ROUTES")
     proxies = tuple(p.strip() for p in (r.raw("BFF_TRUSTED_PROXIES") or "").split(",") if p.strip())
     for p in proxies:
         try:
@@ -565,71 +623,77 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         except ValueError:
             r.problems.append(f"BFF_TRUSTED_PROXIES entries must be IP addresses or networks, got {p!r}")
             break
+    return {
+        "api_routes": parse_api_routes(routes_raw, r.problems) if routes_raw else (),
+        "trusted_proxies": proxies,
+        "retry_body_limit": r.integer("BFF_RETRY_BODY_LIMIT", 65536, minimum=0, maximum=16 * 1024 * 1024),
+    }
 
-    settings_kwargs = dict(
-        host=r.raw("BFF_HOST") or "127.0.0.1",
-        port=r.integer("BFF_PORT", 8080, minimum=1, maximum=65535),
-        workers=r.integer("BFF_WORKERS", 1, minimum=1, maximum=256),
-        use_par=r.boolean("BFF_USE_PAR", False),
-        session_store=store,
-        token_refresh_skew=r.integer("BFF_TOKEN_REFRESH_SKEW", 60, minimum=0),
-        assumed_token_lifetime=r.integer("BFF_ASSUMED_TOKEN_LIFETIME", 300, minimum=10, maximum=86400),
-        retry_body_limit=r.integer("BFF_RETRY_BODY_LIMIT", 65536, minimum=0, maximum=16 * 1024 * 1024),
-        clock_skew=r.integer("BFF_CLOCK_SKEW", 60, minimum=0, maximum=600),
-        login_timeout=r.integer("BFF_LOGIN_TIMEOUT", 600, minimum=30, maximum=3600),
-        max_pending_logins=r.integer("BFF_MAX_PENDING_LOGINS", 10, minimum=1),
-        max_sessions_per_user=r.integer("BFF_MAX_SESSIONS_PER_USER", 0, minimum=0),
-        id_token_max_iat_age=r.integer("BFF_ID_TOKEN_MAX_IAT_AGE", 600, minimum=10, maximum=86400),
-        redis_timeout=r.number("BFF_REDIS_TIMEOUT", 2.0, minimum=0.1, maximum=60.0),
-        revoke_on_logout=r.boolean("BFF_REVOKE_ON_LOGOUT", True),
-        fetch_userinfo=r.choice("BFF_FETCH_USERINFO", "auto", ("auto", "true", "false")),
-        max_body_size=r.integer("BFF_MAX_BODY_SIZE", 65536, minimum=1024),
-        max_header_size=r.integer("BFF_MAX_HEADER_SIZE", 32768, minimum=1024),
-        log_format=r.choice("BFF_LOG_FORMAT", "json", ("json", "text")),
-        log_level=r.choice("BFF_LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
-        metrics_enabled=r.boolean("BFF_METRICS_ENABLED", True),
-    )
-    csp = r.raw("BFF_CONTENT_SECURITY_POLICY")
-    frame_ancestors = r.raw("BFF_FRAME_ANCESTORS")
-    if csp is not None and ("\r" in csp or "\n" in csp):
-        r.problems.append("BFF_CONTENT_SECURITY_POLICY must be one line")
 
-    if store == "memory" and settings_kwargs["workers"] != 1:
+def _timings_and_limits(r: _Reader) -> Values:
+    return {
+        "token_refresh_skew": r.integer("BFF_TOKEN_REFRESH_SKEW", 60, minimum=0),
+        "assumed_token_lifetime": r.integer("BFF_ASSUMED_TOKEN_LIFETIME", 300, minimum=10, maximum=86400),
+        "clock_skew": r.integer("BFF_CLOCK_SKEW", 60, minimum=0, maximum=600),
+        "id_token_max_iat_age": r.integer("BFF_ID_TOKEN_MAX_IAT_AGE", 600, minimum=10, maximum=86400),
+        "login_timeout": r.integer("BFF_LOGIN_TIMEOUT", 600, minimum=30, maximum=3600),
+        "max_pending_logins": r.integer("BFF_MAX_PENDING_LOGINS", 10, minimum=1),
+        "max_body_size": r.integer("BFF_MAX_BODY_SIZE", 65536, minimum=1024),
+        "max_header_size": r.integer("BFF_MAX_HEADER_SIZE", 32768, minimum=1024),
+    }
+
+
+def _server(r: _Reader) -> Values:
+    return {
+        "host": r.raw("BFF_HOST") or "127.0.0.1",
+        "port": r.integer("BFF_PORT", 8080, minimum=1, maximum=65535),
+        "workers": r.integer("BFF_WORKERS", 1, minimum=1, maximum=256),
+        "log_format": r.choice("BFF_LOG_FORMAT", "json", ("json", "text")),
+        "log_level": r.choice("BFF_LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper(),
+        "metrics_enabled": r.boolean("BFF_METRICS_ENABLED", True),
+    }
+
+
+def _sender_constraint(r: _Reader, values: Values) -> Values:
+    """DPoP and the FAPI 2.0 profile, which turns PAR and DPoP on and narrows the algorithms
+    (bff/profiles.py checks the rest of its rules)."""
+    profile = r.choice("BFF_PROFILE", "none", ("none", "fapi2"))
+    out: Values = {
+        "profile": profile,
+        "dpop": r.boolean("BFF_DPOP", profile == "fapi2"),
+        "dpop_client_key": _key_text(r, "BFF_DPOP_CLIENT_KEY"),
+    }
+    if profile == "fapi2":
+        from .profiles import fapi2_config_problems  # local import: settings stays light
+
+        out["use_par"] = True
+        r.problems.extend(fapi2_config_problems(r.raw, values, out))
+    return out
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from ``env`` (default: os.environ); raise ConfigError listing every problem."""
+    r = _Reader(os.environ if env is None else env)
+    allow_http = r.boolean("BFF_INSECURE_ALLOW_HTTP", False)
+    public_url = r.required("BFF_PUBLIC_URL", "the external origin, e.g. https://app.example.com")
+    public_url = _check_url(r, "BFF_PUBLIC_URL", public_url, allow_http, origin_only=True)
+    values: Values = {"public_url": public_url, "insecure_allow_http": allow_http}
+    for section in (
+        _client(r, allow_http),
+        _secrets(r),
+        _store(r),
+        _proxy(r),
+        _timings_and_limits(r),
+        _server(r),
+    ):
+        values.update(section)
+    values.update(_browser(r, public_url, allow_http))
+    values.update(_sender_constraint(r, values))
+    if values["session_store"] == "memory" and values["workers"] != 1:
         r.problems.append(
             "BFF_WORKERS must be 1 with BFF_SESSION_STORE=memory (each process would "
             "have its own sessions); use redis for several workers"
         )
     if r.problems:
         raise ConfigError(r.problems)
-
-    extra: dict[str, object] = {}
-    if csp is not None:
-        extra["content_security_policy"] = csp
-    if frame_ancestors is not None:
-        extra["frame_ancestors"] = frame_ancestors
-    return Settings(
-        issuer=issuer,
-        discovery_url=discovery_url,
-        client_id=client_id,
-        client_secret=client_secret,
-        client_auth_method=auth_method,
-        client_private_key=private_key,
-        public_url=public_url,
-        secret_keys=secret_keys,
-        encryption_keys=encryption_keys,
-        redis_url=redis_url,
-        scopes=scopes,
-        extra_auth_params=tuple(extra_params),
-        api_routes=routes,
-        static_dir=static_dir,
-        session_idle_timeout=idle,
-        session_absolute_timeout=absolute,
-        post_logout_redirect_uri=post_logout,
-        cookie_name=cookie_name,
-        cookie_samesite=samesite,  # type: ignore[arg-type]
-        id_token_algs=algs,
-        insecure_allow_http=allow_http,
-        trusted_proxies=proxies,
-        **settings_kwargs,  # type: ignore[arg-type]
-        **extra,  # type: ignore[arg-type]
-    )
+    return Settings(**values)

@@ -3,11 +3,13 @@
 It is two APIs in one process, each with its own audience: ``/api/*`` (audience
 ``demo-api``, the user's own token) and ``/reports/*`` and ``/status/*`` (audience
 ``demo-reports``: a token the BFF obtained for this API by token exchange, or its own
-client-credentials token). Every request must carry ``Authorization: Bearer <JWT>``; the
-token is validated against the realm's JWKS (signature, ``iss``, the API's ``aud``, ``exp``;
-RS/PS/ES algorithms only) before anything is answered. Valid tokens are answered with the
-user's identity and the token's facts; anything else gets a 401 JSON error with a
-``WWW-Authenticate`` header (RFC 6750).
+client-credentials token). Every request must carry ``Authorization: Bearer <JWT>`` (or, for
+a DPoP-bound token, ``Authorization: DPoP <JWT>`` with a ``DPoP`` proof of the token's
+``cnf.jkt`` key, checked as RFC 9449 §7 says: signature, ``htm``, ``htu``, ``iat``, ``ath``,
+``jti`` not replayed); the token is validated against the realm's JWKS (signature,
+``iss``, the API's ``aud``, ``exp``; RS/PS/ES algorithms only) before anything is answered.
+Valid tokens are answered with the user's identity and the token's facts; anything else
+gets a 401 JSON error with a ``WWW-Authenticate`` header (RFC 6750, RFC 9449).
 
 With ``DEMO_API_DEBUG=1`` it also serves ``GET /debug/seen``: the tokens it accepted
 (``jti``, ``sub``, ``iat``, ``exp``, ...), never the tokens themselves, so a test can
@@ -49,6 +51,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from demo.dpop_verify import ProofError, ProofVerifier
+
 log = logging.getLogger("demo.api")
 
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
@@ -86,10 +90,11 @@ class ApiConfig:
 
 
 class Unauthorized(Exception):
-    def __init__(self, error: str, message: str) -> None:
+    def __init__(self, error: str, message: str, scheme: str = "Bearer") -> None:
         super().__init__(message)
         self.error = error
         self.message = message
+        self.scheme = scheme
 
 
 @dataclass
@@ -130,6 +135,7 @@ class Api:
         self.config = config
         self.http = httpx.AsyncClient(timeout=10.0)
         self.keys = Keys(config.jwks, self.http)
+        self.dpop = ProofVerifier()
         self.calls: collections.Counter[str] = collections.Counter()
         self.seen: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self.rejected: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
@@ -143,8 +149,8 @@ class Api:
     async def validate(self, request: Request) -> dict[str, Any]:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("invalid_request", "A bearer access token is required.")
+        if scheme.lower() not in ("bearer", "dpop") or not token.strip():
+            raise Unauthorized("invalid_request", "A bearer or DPoP access token is required.")
         token = token.strip()
         try:
             kid = jws.extract_compact(token.encode()).protected.get("kid")
@@ -171,9 +177,35 @@ class Api:
             raise Unauthorized("invalid_token", "The access token has expired.") from exc
         except JoseError as exc:
             raise Unauthorized("invalid_token", f"The token's claims are not acceptable ({exc}).") from exc
-        if claims.get("typ") not in (None, "Bearer"):  # Keycloak marks ID and refresh tokens otherwise
+        if claims.get("typ") not in (
+            None,
+            "Bearer",
+            "DPoP",
+        ):  # Keycloak marks ID and refresh tokens otherwise
             raise Unauthorized("invalid_token", "This is not an access token.")
+        self.check_binding(request, scheme, token, claims)
         return claims
+
+    def check_binding(self, request: Request, scheme: str, token: str, claims: dict[str, Any]) -> None:
+        """A DPoP-bound token (``cnf.jkt``, RFC 9449 §6) comes with the DPoP scheme and a valid
+        proof of that key for this request; a bearer token without either."""
+        cnf = claims.get("cnf")
+        jkt = cnf.get("jkt") if isinstance(cnf, dict) else None
+        if jkt is None:
+            if scheme.lower() == "dpop":
+                raise Unauthorized("invalid_token", "A DPoP scheme with a token that is not DPoP-bound.")
+            return
+        if scheme.lower() != "dpop":
+            raise Unauthorized(
+                "invalid_token", "A DPoP-bound token must be sent with the DPoP scheme.", "DPoP"
+            )
+        try:
+            proof = self.dpop.verify(
+                request.headers.get("dpop"), request.method, str(request.url), access_token=token, jkt=jkt
+            )
+        except ProofError as exc:
+            raise Unauthorized(exc.error, exc.message, "DPoP") from exc
+        claims["_dpop_jkt"] = proof["_jkt"]
 
     def record(self, claims: dict[str, Any], path: str) -> None:
         self.seen.append(
@@ -186,16 +218,17 @@ class Api:
                 "aud": claims.get("aud"),
                 "iat": claims.get("iat"),
                 "exp": claims.get("exp"),
+                "dpop_jkt": claims.get("_dpop_jkt"),  # the proof's key, for DPoP-bound tokens
                 "path": path,
                 "seen_at": int(time.time()),
             }
         )
 
 
-def _error(status: int, error: str, message: str) -> JSONResponse:
+def _error(status: int, error: str, message: str, scheme: str = "Bearer") -> JSONResponse:
     headers = {"Cache-Control": "no-store"}
     if status == 401:
-        headers["WWW-Authenticate"] = f'Bearer error="{error}"' if error != "invalid_request" else "Bearer"
+        headers["WWW-Authenticate"] = f'{scheme} error="{error}"' if error != "invalid_request" else scheme
     return JSONResponse({"error": error, "message": message}, status_code=status, headers=headers)
 
 
@@ -209,7 +242,7 @@ def create_app(config: ApiConfig | None = None) -> Starlette:
         except Unauthorized as exc:
             api.rejected.append({"error": exc.error, "message": exc.message, "at": int(time.time())})
             status = 503 if exc.error == "temporarily_unavailable" else 401
-            return _error(status, exc.error, exc.message)
+            return _error(status, exc.error, exc.message, exc.scheme)
         api.record(claims, request.url.path)
         return claims
 
@@ -236,6 +269,7 @@ def create_app(config: ApiConfig | None = None) -> Starlette:
                     "iat": claims.get("iat"),
                     "exp": exp,
                     "expires_in": exp - now,
+                    "dpop_bound": claims.get("_dpop_jkt") is not None,
                 },
                 "calls": api.calls[sub],
                 "server_time": now,

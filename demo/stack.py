@@ -9,8 +9,9 @@ keeps the two in step).
     python -m demo.stack            # start everything, print the URL, run until Ctrl-C
 
 Ports (environment overrides): DEMO_BFF_PORT (8080), DEMO_KEYCLOAK_PORT (8081),
-DEMO_API_PORT (9000), DEMO_REDIS_PORT (6379). The realm file takes the BFF's URL from
-``DEMO_BFF_URL``, so other ports work too.
+DEMO_API_PORT (9000), DEMO_REDIS_PORT (6379). DEMO_DPOP=1 signs in with the realm's
+``bff-dpop`` client, whose tokens are DPoP-bound (the sample API checks the proofs). The
+realm file takes the BFF's URL from ``DEMO_BFF_URL``, so other ports work too.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ PYTHON = ROOT / ".venv" / "bin" / "python"
 REALM = "demo"
 CLIENT_ID = "bff"
 CLIENT_SECRET = "bff-demo-secret"
+# DEMO_DPOP=1: the client whose tokens Keycloak only issues DPoP-bound (RFC 9449).
+DPOP_CLIENT_ID = "bff-dpop"
+DPOP_CLIENT_SECRET = "bff-dpop-demo-secret"
 API_AUDIENCE = "demo-api"
 REPORTS_AUDIENCE = "demo-reports"  # the second API: tokens by exchange or client credentials
 KEYCLOAK_ADMIN = ("admin", "admin")
@@ -68,6 +72,7 @@ BFF_VARIABLES = (
     "BFF_SCOPES",
     "BFF_API_ROUTES",
     "BFF_STATIC_DIR",
+    "BFF_DPOP",
 )
 # Without offline_access: since Keycloak 26.1, a first login that asks for offline_access
 # turns the SSO session into an offline session, so Keycloak has no browser session to
@@ -87,6 +92,7 @@ class StackConfig:
     # The example host app with the BFF embedded (examples/fastapi_host): not started by the
     # demo, but registered at Keycloak so it can sign in too (the end-to-end test runs it).
     embedded_port: int = 8082
+    dpop: bool = False  # DEMO_DPOP=1: DPoP-bound tokens (the realm's bff-dpop client)
     # Extra BFF_* settings (tests shorten timers with them); they win over the defaults.
     bff_overrides: Mapping[str, str] = field(default_factory=dict)
     api_debug: bool = False  # the sample API's /debug/seen
@@ -101,6 +107,7 @@ class StackConfig:
             "api_port": int(e.get("DEMO_API_PORT") or cls.api_port),
             "redis_port": int(e.get("DEMO_REDIS_PORT") or cls.redis_port),
         }
+        kw.setdefault("dpop", (e.get("DEMO_DPOP") or "").lower() in ("1", "true", "yes", "on"))
         return cls(**{**ports, **kw})
 
     @property
@@ -146,14 +153,15 @@ class StackConfig:
             "BFF_PORT": str(self.bff_port),
             "BFF_ISSUER": self.issuer,
             "BFF_DISCOVERY_URL": self.discovery_url,
-            "BFF_CLIENT_ID": CLIENT_ID,
-            "BFF_CLIENT_SECRET": CLIENT_SECRET,
+            "BFF_CLIENT_ID": DPOP_CLIENT_ID if self.dpop else CLIENT_ID,
+            "BFF_CLIENT_SECRET": DPOP_CLIENT_SECRET if self.dpop else CLIENT_SECRET,
             "BFF_PUBLIC_URL": self.public_url,
             "BFF_SECRET_KEY": DEMO_SECRET_KEY,
             "BFF_REDIS_URL": self.redis_url,
             "BFF_SCOPES": BFF_SCOPES,
             "BFF_API_ROUTES": api_routes(self.api_url),
             "BFF_STATIC_DIR": str(SPA_DIST),
+            "BFF_DPOP": "true" if self.dpop else "false",
         }
         assert tuple(env) == BFF_VARIABLES
         env.update(self.bff_overrides)

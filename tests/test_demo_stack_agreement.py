@@ -169,7 +169,14 @@ def test_same_bff_variables(services: dict[str, dict[str, Any]]) -> None:
     assert compose_names == set(native_env) == set(native.BFF_VARIABLES)
 
     # Same values where both see the same thing; container host names where they differ.
-    for name in ("BFF_ISSUER", "BFF_CLIENT_ID", "BFF_CLIENT_SECRET", "BFF_PUBLIC_URL", "BFF_SCOPES"):
+    for name in (
+        "BFF_ISSUER",
+        "BFF_CLIENT_ID",
+        "BFF_CLIENT_SECRET",
+        "BFF_PUBLIC_URL",
+        "BFF_SCOPES",
+        "BFF_DPOP",
+    ):
         assert compose_env[name] == native_env[name], name
     assert compose_env["BFF_SECRET_KEY"] == native_env["BFF_SECRET_KEY"]
     kc_inside = f"http://keycloak:{native.CONTAINER_PORTS['keycloak']}"
@@ -256,6 +263,13 @@ def test_realm_agrees_with_both() -> None:
     assert attrs["standard.token.exchange.enabled"] == "true" and client["serviceAccountsEnabled"]
     assert native.REPORTS_AUDIENCE in client["optionalClientScopes"]
     assert native.REPORTS_AUDIENCE in {c["clientId"] for c in realm["clients"]}
+    # The DPoP switch (DEMO_DPOP=1) uses a client whose tokens Keycloak issues DPoP-bound only.
+    (dpop,) = [c for c in realm["clients"] if c["clientId"] == native.DPOP_CLIENT_ID]
+    assert dpop["secret"] == native.DPOP_CLIENT_SECRET
+    assert dpop["attributes"]["dpop.bound.access.tokens"] == "true"
+    assert dpop["redirectUris"] == client["redirectUris"]
+    dpop_env = native.StackConfig(dpop=True).bff_env()
+    assert (dpop_env["BFF_CLIENT_ID"], dpop_env["BFF_DPOP"]) == (native.DPOP_CLIENT_ID, "true")
     assert attrs["backchannel.logout.url"] == (
         "${DEMO_BACKCHANNEL_LOGOUT_URL:" + config.public_url + "/bff/backchannel-logout}"
     )

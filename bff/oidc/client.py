@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
 
+from ..challenges import challenge_error
+from ..dpop import DPoPKey, Nonces
 from ..errors import IdPUnavailable
 from ..settings import Settings
 from .errors import OIDCError, TokenError
@@ -62,6 +64,14 @@ def _with_query(url: str, params: dict[str, str]) -> str:
     return urlunsplit(parts._replace(query=f"{parts.query}&{query}" if parts.query else query))
 
 
+def _oauth_error(response: httpx.Response) -> str | None:
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    return data.get("error") if isinstance(data, dict) and isinstance(data.get("error"), str) else None
+
+
 def _add_target(form: Form, audience: str | None, resource: tuple[str, ...], scope: str | None) -> None:
     if audience:
         form["audience"] = audience
@@ -71,7 +81,7 @@ def _add_target(form: Form, audience: str | None, resource: tuple[str, ...], sco
         form["scope"] = scope
 
 
-def _load_signing_key(text: str) -> tuple[Key, str]:
+def load_signing_key(text: str) -> tuple[Key, str]:
     text = text.strip()
     if text.startswith("{"):
         key: Key = import_key(json.loads(text))
@@ -107,9 +117,10 @@ class OIDCClient:
         self.settings = settings
         self.http = http
         self.provider = provider
+        self.nonces = Nonces()  # the IdP's DPoP nonces, by endpoint origin
         self._signing: tuple[Key, str] | None = None
         if settings.client_private_key:
-            self._signing = _load_signing_key(settings.client_private_key)
+            self._signing = load_signing_key(settings.client_private_key)
 
     # --- client authentication ------------------------------------------------------
     def auth_method(self, supported: tuple[str, ...]) -> str:
@@ -152,13 +163,26 @@ class OIDCClient:
         else:
             raise OIDCError("client_auth", f"unsupported client authentication {method}")
 
-    async def _post(self, url: str, form: Form, method: str, audience: str, what: str) -> httpx.Response:
-        headers = {"Accept": "application/json"}
-        self._authenticate(method, audience, form, headers)
-        try:
-            response = await self.http.post(url, data=form, headers=headers)
-        except httpx.HTTPError as exc:
-            raise IdPUnavailable(f"The identity provider could not be reached ({what}).") from exc
+    async def _post(
+        self, url: str, form: Form, method: str, audience: str, what: str, dpop: DPoPKey | None = None
+    ) -> httpx.Response:
+        """POST a form to the IdP with client authentication and, with ``dpop``, a proof. An
+        answer ``use_dpop_nonce`` with a new ``DPoP-Nonce`` is tried once more with it (a new
+        proof and a new client assertion: both are single use)."""
+        for attempt in (1, 2):
+            headers = {"Accept": "application/json"}
+            attempt_form = dict(form)
+            self._authenticate(method, audience, attempt_form, headers)
+            if dpop is not None:
+                headers["DPoP"] = dpop.proof("POST", url, nonce=self.nonces.get(url))
+            try:
+                response = await self.http.post(url, data=attempt_form, headers=headers)
+            except httpx.HTTPError as exc:
+                raise IdPUnavailable(f"The identity provider could not be reached ({what}).") from exc
+            if dpop is None or not self.nonces.update(url, response.headers.get):
+                break
+            if attempt == 2 or response.status_code != 400 or _oauth_error(response) != "use_dpop_nonce":
+                break
         if response.status_code >= 500:
             raise IdPUnavailable(f"The identity provider failed ({what}: HTTP {response.status_code}).")
         return response
@@ -186,7 +210,11 @@ class OIDCClient:
         return data
 
     # --- protocol steps -------------------------------------------------------------
-    async def build_authorization_url(self, state: str, nonce: str, code_challenge: str) -> str:
+    async def build_authorization_url(
+        self, state: str, nonce: str, code_challenge: str, dpop_jkt: str | None = None
+    ) -> str:
+        """The authorization request (by PAR when configured or required); ``dpop_jkt`` (RFC
+        9449 §10) binds the code to the session's DPoP key."""
         meta = await self.provider.metadata()
         params = {
             "response_type": "code",
@@ -199,6 +227,8 @@ class OIDCClient:
             "code_challenge_method": "S256",
             **dict(self.settings.extra_auth_params),
         }
+        if dpop_jkt:
+            params["dpop_jkt"] = dpop_jkt
         use_par = meta.pushed_authorization_request_endpoint is not None and (
             self.settings.use_par or meta.require_pushed_authorization_requests
         )
@@ -212,6 +242,7 @@ class OIDCClient:
                 meta.issuer,
                 "pushed authorization request",
             )
+            self.nonces.update(meta.pushed_authorization_request_endpoint, response.headers.get)
             data = self._raise_for_error(response)
             request_uri = data.get("request_uri")
             if not isinstance(request_uri, str) or not request_uri:
@@ -221,17 +252,17 @@ class OIDCClient:
             raise OIDCError("par_unsupported", "BFF_USE_PAR is on but the IdP advertises no PAR endpoint")
         return _with_query(meta.authorization_endpoint, params)
 
-    async def _token_request(self, form: Form, what: str) -> TokenResponse:
+    async def _token_request(self, form: Form, what: str, dpop: DPoPKey | None = None) -> TokenResponse:
         meta = await self.provider.metadata()
         method = self.auth_method(meta.token_endpoint_auth_methods_supported)
-        response = await self._post(meta.token_endpoint, form, method, meta.token_endpoint, what)
+        # FAPI 2.0: the client assertion's audience is the issuer identifier as a string.
+        audience = meta.issuer if self.settings.profile == "fapi2" else meta.token_endpoint
+        response = await self._post(meta.token_endpoint, form, method, audience, what, dpop)
         data = self._raise_for_error(response)
         access_token = data.get("access_token")
         if not isinstance(access_token, str) or not access_token:
             raise TokenError("invalid_response", "the token response has no access_token")
-        token_type = data.get("token_type")
-        if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            raise TokenError("invalid_response", f"unsupported token_type {token_type!r}")
+        token_type = self._token_type(data.get("token_type"), dpop)
         expires_in = data.get("expires_in")
         # expires_in is only RECOMMENDED (RFC 6749 §5.1): without it the token is assumed to
         # live BFF_ASSUMED_TOKEN_LIFETIME, so it is still refreshed (never "forever").
@@ -253,25 +284,48 @@ class OIDCClient:
             issued_token_type=data.get("issued_token_type")
             if isinstance(data.get("issued_token_type"), str)
             else None,
+            token_type=token_type,
         )
 
-    async def exchange_code(self, code: str, code_verifier: str) -> TokenResponse:
+    def _token_type(self, token_type: object, dpop: DPoPKey | None) -> str:
+        """``DPoP`` or ``Bearer``, as issued: a DPoP token only when a proof was sent; a Bearer
+        token despite a proof (an IdP without DPoP) only when the profile does not require DPoP."""
+        kind = token_type.lower() if isinstance(token_type, str) else None
+        if kind == "dpop" and dpop is not None:
+            return "DPoP"
+        if kind == "bearer" and (dpop is None or self.settings.profile != "fapi2"):
+            return "Bearer"
+        if kind == "bearer":
+            raise TokenError(
+                "invalid_response", "the IdP issued a Bearer token, but the profile requires DPoP"
+            )
+        raise TokenError("invalid_response", f"unsupported token_type {token_type!r}")
+
+    async def exchange_code(
+        self, code: str, code_verifier: str, dpop: DPoPKey | None = None
+    ) -> TokenResponse:
         form: Form = {
             "grant_type": "authorization_code",
             "code": code,
             "redirect_uri": self.settings.redirect_uri,
             "code_verifier": code_verifier,
         }
-        return await self._token_request(form, "code exchange")
+        return await self._token_request(form, "code exchange", dpop)
 
-    async def refresh(self, refresh_token: str) -> TokenResponse:
+    async def refresh(self, refresh_token: str, dpop: DPoPKey | None = None) -> TokenResponse:
         # No scope parameter: asking again for scopes is refused by strict IdPs (invalid_scope).
         return await self._token_request(
-            {"grant_type": "refresh_token", "refresh_token": refresh_token}, "token refresh"
+            {"grant_type": "refresh_token", "refresh_token": refresh_token}, "token refresh", dpop
         )
 
     async def exchange_token(
-        self, subject_token: str, *, audience: str | None, resource: tuple[str, ...], scope: str | None
+        self,
+        subject_token: str,
+        *,
+        audience: str | None,
+        resource: tuple[str, ...],
+        scope: str | None,
+        dpop: DPoPKey | None = None,
     ) -> TokenResponse:
         """RFC 8693 token exchange of the user's access token for one meant for ``audience``
         (and/or RFC 8707 ``resource``), with the client's usual authentication."""
@@ -282,18 +336,23 @@ class OIDCClient:
             "requested_token_type": ACCESS_TOKEN_TYPE,
         }
         _add_target(form, audience, resource, scope)
-        tokens = await self._token_request(form, "token exchange")
+        tokens = await self._token_request(form, "token exchange", dpop)
         if tokens.issued_token_type != ACCESS_TOKEN_TYPE:
             raise TokenError("invalid_response", f"issued_token_type is {tokens.issued_token_type!r}")
         return tokens
 
     async def client_credentials(
-        self, *, audience: str | None, resource: tuple[str, ...], scope: str | None
+        self,
+        *,
+        audience: str | None,
+        resource: tuple[str, ...],
+        scope: str | None,
+        dpop: DPoPKey | None = None,
     ) -> TokenResponse:
         """RFC 6749 §4.4: the BFF's own token (``audience`` and ``resource`` as parameters)."""
         form: Form = {"grant_type": "client_credentials"}
         _add_target(form, audience, resource, scope)
-        return await self._token_request(form, "client credentials")
+        return await self._token_request(form, "client credentials", dpop)
 
     async def revoke(self, token: str, hint: str = "refresh_token") -> bool:
         """RFC 7009. True when the IdP confirmed; False when it has no revocation endpoint."""
@@ -312,22 +371,31 @@ class OIDCClient:
             self._raise_for_error(response)
         return True
 
-    async def userinfo(self, access_token: str) -> dict[str, Any] | str:
+    async def userinfo(self, access_token: str, dpop: DPoPKey | None = None) -> dict[str, Any] | str:
         """The UserInfo answer: its JSON claims, or the signed JWT (``application/jwt``, OIDC
-        Core §5.3.2) for validation.validate_userinfo to check. ``{}`` without an endpoint."""
+        Core §5.3.2) for validation.validate_userinfo to check. ``{}`` without an endpoint.
+        A DPoP-bound token goes with the DPoP scheme and a proof (one retry for a nonce)."""
         meta = await self.provider.metadata()
         if meta.userinfo_endpoint is None:
             return {}
-        try:
-            response = await self.http.get(
-                meta.userinfo_endpoint,
-                headers={
-                    "Authorization": f"Bearer {access_token}",
-                    "Accept": "application/json, application/jwt",
-                },
-            )
-        except httpx.HTTPError as exc:
-            raise IdPUnavailable("The identity provider could not be reached (userinfo).") from exc
+        url = meta.userinfo_endpoint
+        for attempt in (1, 2):
+            headers = {"Accept": "application/json, application/jwt"}
+            headers["Authorization"] = f"{'DPoP' if dpop else 'Bearer'} {access_token}"
+            if dpop is not None:
+                headers["DPoP"] = dpop.proof(
+                    "GET", url, access_token=access_token, nonce=self.nonces.get(url)
+                )
+            try:
+                response = await self.http.get(url, headers=headers)
+            except httpx.HTTPError as exc:
+                raise IdPUnavailable("The identity provider could not be reached (userinfo).") from exc
+            renewed = dpop is not None and self.nonces.update(url, response.headers.get)
+            challenge = challenge_error(response.headers.get_list("www-authenticate"), "dpop")
+            if not (
+                renewed and attempt == 1 and response.status_code == 401 and challenge == "use_dpop_nonce"
+            ):
+                break
         if response.status_code >= 500:
             raise IdPUnavailable("The identity provider failed (userinfo).")
         if response.status_code != 200:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ class ProviderMetadata:
     revocation_endpoint_auth_methods_supported: tuple[str, ...] = ("client_secret_basic",)
     id_token_signing_alg_values_supported: tuple[str, ...] = ("RS256",)
     token_endpoint_auth_signing_alg_values_supported: tuple[str, ...] = ()
+    dpop_signing_alg_values_supported: tuple[str, ...] = ()
     authorization_response_iss_parameter_supported: bool = False
     require_pushed_authorization_requests: bool = False
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -90,6 +92,7 @@ class ProviderMetadata:
             token_endpoint_auth_signing_alg_values_supported=strs(
                 "token_endpoint_auth_signing_alg_values_supported", ()
             ),
+            dpop_signing_alg_values_supported=strs("dpop_signing_alg_values_supported", ()),
             authorization_response_iss_parameter_supported=data.get(
                 "authorization_response_iss_parameter_supported"
             )
@@ -111,6 +114,7 @@ class Provider:
         refetch_interval: float = 10.0,
         jwks_max_age: float = 3600.0,
         clock: Any = time.monotonic,
+        check: Callable[[ProviderMetadata], list[str]] | None = None,
     ) -> None:
         self._http = http
         self._discovery_url = discovery_url
@@ -118,6 +122,7 @@ class Provider:
         self._refetch_interval = refetch_interval
         self._jwks_max_age = jwks_max_age
         self._clock = clock
+        self._check = check  # the security profile's rules on the metadata (profiles.py)
         self._metadata: ProviderMetadata | None = None
         self._keys: KeySet | None = None
         self._keys_fetched_at = float("-inf")
@@ -151,7 +156,11 @@ class Provider:
         async with self._meta_lock:
             if self._metadata is None:
                 data = await self._get_json(self._discovery_url, "metadata")
-                self._metadata = ProviderMetadata.parse(data, self._issuer)
+                meta = ProviderMetadata.parse(data, self._issuer)
+                problems = self._check(meta) if self._check else []
+                if problems:  # not kept: every use fails with the reasons, readiness too
+                    raise OIDCError("profile_unmet", "; ".join(problems))
+                self._metadata = meta
                 log.info("loaded IdP metadata", extra={"issuer": self._issuer})
         return self._metadata
 

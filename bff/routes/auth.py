@@ -11,6 +11,7 @@ from urllib.parse import parse_qs
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from ..dpop import FAPI_ALGS, PREFERRED_ALGS, DPoPKey, choose_alg
 from ..error_handlers import json_error, page_error, wants_html
 from ..errors import (
     BadRequest,
@@ -61,14 +62,23 @@ async def login(request: Request) -> Response:
         new_cookie.append(set_cookie)
     state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     verifier, challenge = new_pkce()
-    tx = LoginTransaction(state, nonce, verifier, return_to, binding_hash(binding), int(svc.clock()))
+    dpop = await _new_dpop_key(svc)
+    tx = LoginTransaction(
+        state,
+        nonce,
+        verifier,
+        return_to,
+        binding_hash(binding),
+        int(svc.clock()),
+        dpop.export() if dpop else None,
+    )
     if not await svc.store.save_transaction(tx, svc.settings.login_timeout, svc.settings.max_pending_logins):
         raise TooManyRequests(
             "Too many sign-ins are in progress in this browser; finish one or wait a few minutes.",
             code="too_many_pending_logins",
         )
     try:
-        url = await svc.client.build_authorization_url(state, nonce, challenge)
+        url = await svc.client.build_authorization_url(state, nonce, challenge, dpop.jkt if dpop else None)
     except TokenError as exc:
         raise LoginFailed(
             f"The identity provider refused the authorization request ({exc.error}).", code="par_failed"
@@ -79,6 +89,27 @@ async def login(request: Request) -> Response:
         ) from exc
     svc.metrics.logins_started.inc()
     return _redirect(url, *new_cookie)
+
+
+async def _new_dpop_key(svc: Services) -> DPoPKey | None:
+    """With BFF_DPOP: the session's key, made now so the authorization request can name it
+    (``dpop_jkt``); an algorithm the IdP lists, ES256 preferred (FAPI 2.0: PS256, ES256 or
+    EdDSA only). An IdP that lists none gets ES256 proofs, which it may ignore."""
+    if not svc.settings.dpop:
+        return None
+    try:
+        supported = (await svc.provider.metadata()).dpop_signing_alg_values_supported
+    except OIDCError as exc:
+        raise ServiceUnavailable(
+            f"The identity provider is misconfigured: {exc.message}", code=exc.code
+        ) from exc
+    fapi = svc.settings.profile == "fapi2"
+    alg = choose_alg(supported, FAPI_ALGS if fapi else PREFERRED_ALGS) or (None if fapi else "ES256")
+    if alg is None:
+        raise ServiceUnavailable(
+            "The identity provider offers no DPoP algorithm the profile allows.", code="dpop_alg"
+        )
+    return DPoPKey.generate(alg)
 
 
 def _fail(svc: Services, reason: str, message: str) -> LoginFailed:
@@ -97,13 +128,13 @@ async def callback(request: Request) -> Response:
         return await _stray_callback(request, svc, state, tx, binding)
     await _check_authorization_response(svc, params)
     tokens, claims = await _redeem(svc, params.get("code"), tx)
-    userinfo = await _userinfo(svc, tokens.access_token, claims)
+    userinfo = await _userinfo(svc, tokens, claims, tx.dpop_key)
     if tokens.refresh_token is None and "offline_access" in svc.settings.scopes:
         log.warning(
             "offline_access was requested but the IdP issued no refresh token; API access "
             "ends when the access token expires (see BFF_SCOPES in docs/configuration.md)"
         )
-    session = await _start_session(request, svc, tokens, claims, userinfo)
+    session = await _start_session(request, svc, tokens, claims, userinfo, tx.dpop_key)
     cookies = [svc.cookies.set_session(session.id)]
     if await svc.store.pending_logins(tx.browser_binding) == 0:
         cookies.append(svc.cookies.clear_login())  # no other tab of this browser is signing in
@@ -137,7 +168,9 @@ async def _check_authorization_response(svc: Services, params: Any) -> None:
     iss = params.get("iss")
     if iss is not None and iss != svc.settings.issuer:
         raise _fail(svc, "iss_mismatch", "The sign-in response came from an unexpected issuer (mix-up).")
-    if iss is None and meta.authorization_response_iss_parameter_supported:
+    if iss is None and (
+        meta.authorization_response_iss_parameter_supported or svc.settings.profile == "fapi2"
+    ):
         raise _fail(svc, "iss_missing", "The sign-in response lacks the issuer the IdP promised to send.")
     if params.get("error"):
         error = params["error"][:64]
@@ -157,7 +190,8 @@ async def _redeem(
     if not code:
         raise _fail(svc, "missing_code", "The sign-in response has no authorization code.")
     try:
-        tokens = await svc.client.exchange_code(code, tx.code_verifier)
+        dpop = DPoPKey.load(tx.dpop_key) if tx.dpop_key else None
+        tokens = await svc.client.exchange_code(code, tx.code_verifier, dpop)
     except TokenError as exc:
         raise _fail(svc, "code_exchange", f"The identity provider refused the code ({exc.error}).") from exc
     if not tokens.id_token:
@@ -181,6 +215,7 @@ async def _start_session(
     tokens: TokenResponse,
     claims: dict[str, Any],
     userinfo: dict[str, Any] | None,
+    dpop_key: str | None,
 ) -> Session:
     """A new session (never the browser's previous one: session fixation), within the
     per-user limit; the sessions the limit ends are revoked."""
@@ -204,6 +239,8 @@ async def _start_session(
         user_agent=user_agent_summary(request.headers.get("user-agent", "")),
         ip=client_ip(request),
         userinfo=userinfo or None,
+        dpop_key=dpop_key,
+        access_token_type=tokens.token_type,
     )
     ended = await svc.store.create(session, svc.settings.max_sessions_per_user)
     for old in ended:
@@ -225,7 +262,9 @@ _SCOPE_CLAIMS = {
 }
 
 
-async def _userinfo(svc: Services, access_token: str, claims: dict[str, Any]) -> dict[str, Any] | None:
+async def _userinfo(
+    svc: Services, tokens: TokenResponse, claims: dict[str, Any], dpop_key: str | None
+) -> dict[str, Any] | None:
     """UserInfo claims when configured, or (auto) when the ID token lacks the requested profile
     or email claims: OIDC Core lets an IdP return those only from UserInfo. Under ``auto`` any
     failure only costs those claims (except a UserInfo naming another subject); under
@@ -242,7 +281,9 @@ async def _userinfo(svc: Services, access_token: str, claims: dict[str, Any]) ->
         if not missing or (await svc.provider.metadata()).userinfo_endpoint is None:
             return None
     try:
-        answer = await svc.client.userinfo(access_token)
+        bound = tokens.token_type == "DPoP"  # noqa: S105 - a scheme name
+        dpop = DPoPKey.load(dpop_key) if bound and dpop_key else None
+        answer = await svc.client.userinfo(tokens.access_token, dpop)
         return await validate_userinfo(answer, svc.provider, await svc.checks(), claims["sub"]) or None
     except OIDCError as exc:
         if mode == "true" or exc.code == "userinfo_sub":

@@ -91,6 +91,10 @@ class Session:
     # Exchanged tokens of routes with an audience/resource/scope, by route-parameters key:
     # encrypted with the rest of the record and gone with the session.
     route_tokens: dict[str, RouteToken] = field(default_factory=dict, repr=False)
+    # DPoP (RFC 9449): the session's private key (JWK JSON, encrypted with the record) and
+    # the scheme its access token was issued for.
+    dpop_key: str | None = field(default=None, repr=False)
+    access_token_type: str = "Bearer"  # noqa: S105 - a scheme name
     _claims: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:  # never print tokens
@@ -115,12 +119,14 @@ class Session:
         refresh_token: str | None,
         id_token: str | None,
         access_lifetime: int = 0,
+        access_token_type: str = "Bearer",  # noqa: S107 - a scheme name
     ) -> Session:
         return replace(
             self,
             access_token=access_token,
             access_expires_at=access_expires_at,
             access_lifetime=access_lifetime,
+            access_token_type=access_token_type,
             refresh_token=refresh_token,
             id_token=id_token or self.id_token,
             _claims=None,
@@ -156,6 +162,10 @@ class Session:
             body["l"] = self.access_lifetime
         if self.route_tokens:
             body["t"] = {k: t.encode() for k, t in self.route_tokens.items()}
+        if self.dpop_key:
+            body["k"] = self.dpop_key
+        if self.access_token_type != "Bearer":  # noqa: S105
+            body["y"] = self.access_token_type
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
@@ -177,6 +187,8 @@ class Session:
             userinfo=body.get("n"),
             access_lifetime=body.get("l", 0),
             route_tokens={k: RouteToken.decode(v) for k, v in body.get("t", {}).items()},
+            dpop_key=body.get("k"),
+            access_token_type=body.get("y", "Bearer"),
         )
 
 
@@ -190,14 +202,15 @@ class LoginTransaction:
     return_to: str
     browser_binding: str  # hash of the browser's login-binding cookie
     created_at: int
+    dpop_key: str | None = field(default=None, repr=False)  # made at login, moves to the session
 
     def encode(self) -> bytes:
-        return json.dumps(
-            [self.nonce, self.code_verifier, self.return_to, self.browser_binding, self.created_at],
-            separators=(",", ":"),
-        ).encode()
+        fields = [self.nonce, self.code_verifier, self.return_to, self.browser_binding, self.created_at]
+        if self.dpop_key:
+            fields.append(self.dpop_key)
+        return json.dumps(fields, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, state: str, data: bytes) -> LoginTransaction:
-        nonce, verifier, return_to, binding, created = json.loads(data)
-        return cls(state, nonce, verifier, return_to, binding, created)
+        nonce, verifier, return_to, binding, created, *rest = json.loads(data)
+        return cls(state, nonce, verifier, return_to, binding, created, rest[0] if rest else None)

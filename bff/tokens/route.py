@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from ..dpop import DPoPKey
 from ..errors import (
     IdPError,
     IdPUnavailable,
@@ -49,9 +50,19 @@ class Credential:
     token: str
     scheme: str = "Bearer"
     session: Session | None = None  # the session's own access token (retried on invalid_token)
+    key: DPoPKey | None = None  # with scheme DPoP: the key whose proofs go with the token
 
     def __repr__(self) -> str:  # never print tokens
         return f"Credential(scheme={self.scheme}, user={self.session is not None})"
+
+
+def _credential(
+    token: str, token_type: str, key: DPoPKey | None, session: Session | None = None
+) -> Credential:
+    """A DPoP-bound token goes with its key's proofs, a Bearer token alone."""
+    if token_type == "DPoP" and key is not None:  # noqa: S105 - a scheme name
+        return Credential(token, "DPoP", session, key)
+    return Credential(token, "Bearer", session)
 
 
 def route_key(kind: str, route: ApiRoute, owner: str = "") -> str:
@@ -69,8 +80,10 @@ class RouteTokens:
         users: TokenManager,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        deployment_key: DPoPKey | None = None,
     ) -> None:
         self.store = store
+        self.deployment_key = deployment_key  # DPoP key of the BFF's own tokens (BFF_DPOP)
         self.client = client
         self.users = users
         self.metrics = metrics
@@ -102,15 +115,22 @@ class RouteTokens:
     async def for_user(self, route: ApiRoute, session: Session) -> Credential:
         if not self.users.is_fresh(session):
             session = await self.users.fresh_session(session)
+        dpop = self.users.dpop_key(session)
         if not route.shapes_token:
-            return Credential(session.access_token, "Bearer", session)
+            return self.session_credential(session)
         key = route_key("exchange", route)
         cached = session.route_tokens.get(key)
         if cached is not None and self.fresh(cached):
             self._hits["exchange"].inc()
-            return Credential(cached.token, cached.token_type)
+            return _credential(cached.token, cached.token_type, dpop)
         token = await self._flight.run((session.id, key), lambda: self._exchange(route, session, key))
-        return Credential(token.token, token.token_type)
+        return _credential(token.token, token.token_type, dpop)
+
+    def session_credential(self, session: Session) -> Credential:
+        """The session's own access token, with its DPoP key when it is bound."""
+        return _credential(
+            session.access_token, session.access_token_type, self.users.dpop_key(session), session
+        )
 
     async def _exchange(self, route: ApiRoute, session: Session, key: str) -> RouteToken:
         # The session's lock: the one writer of its record at a time (refreshes take it too).
@@ -136,6 +156,7 @@ class RouteTokens:
                         audience=route.audience,
                         resource=route.resource,
                         scope=route.scope,
+                        dpop=self.users.dpop_key(current),
                     ),
                 )
             caps = [current.expires_at] + ([current.access_expires_at] if current.access_expires_at else [])
@@ -145,13 +166,16 @@ class RouteTokens:
             return token
 
     async def for_client(self, route: ApiRoute) -> Credential:
-        key = route_key("client", route, self.client.settings.client_id)
+        owner = self.client.settings.client_id + (
+            f"#{self.deployment_key.jkt}" if self.deployment_key else ""
+        )
+        key = route_key("client", route, owner)
         cached = self._client_tokens.get(key)
         if cached is not None and self.fresh(cached):
             self._hits["client"].inc()
-            return Credential(cached.token, cached.token_type)
+            return _credential(cached.token, cached.token_type, self.deployment_key)
         token = await self._flight.run(("client", key), lambda: self._client_token(route, key))
-        return Credential(token.token, token.token_type)
+        return _credential(token.token, token.token_type, self.deployment_key)
 
     async def _client_token(self, route: ApiRoute, key: str) -> RouteToken:
         name = f"client-token:{key}"
@@ -168,7 +192,10 @@ class RouteTokens:
                     tokens = await self._obtain(
                         "client_credentials",
                         lambda: self.client.client_credentials(
-                            audience=route.audience, resource=route.resource, scope=route.scope
+                            audience=route.audience,
+                            resource=route.resource,
+                            scope=route.scope,
+                            dpop=self.deployment_key,
                         ),
                     )
                     token = self._token(tokens, None)
@@ -205,9 +232,9 @@ class RouteTokens:
                 ) from exc
             self.metrics.route_tokens.labels(kind, "refused").inc()
             log.warning("route token refused", extra={"kind": kind, "error": exc.error})
+            detail = f"{exc.error}: {exc.description}" if exc.description else exc.error
             raise RouteTokenRefused(
-                f"The identity provider refused a token for this API ({exc.error}).",
-                code="route_token_refused",
+                f"The identity provider refused a token for this API ({detail}).", code="route_token_refused"
             ) from exc
         except IdPUnavailable:
             self.metrics.route_tokens.labels(kind, "idp_unavailable").inc()

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from ..dpop import DPoPKey, KeyCache
 from ..errors import IdPUnavailable, NotAuthenticated, ServiceUnavailable, SessionEnded
 from ..metrics import Metrics
 from ..oidc.client import OIDCClient, TokenResponse
@@ -40,6 +41,7 @@ class TokenManager:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         revoke: bool = True,
+        keys: KeyCache | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -48,7 +50,12 @@ class TokenManager:
         self.metrics = metrics
         self.clock = clock
         self.revoke = revoke  # BFF_REVOKE_ON_LOGOUT: revoke the grants of sessions we end
+        self.keys = keys or KeyCache()
         self._flight: SingleFlight[str, Session] = SingleFlight()
+
+    def dpop_key(self, session: Session) -> DPoPKey | None:
+        """The session's DPoP key, parsed once per process (None without DPoP)."""
+        return self.keys.get(session.id, session.dpop_key) if session.dpop_key else None
 
     def is_fresh(self, session: Session) -> bool:
         """Usable without a refresh: not within the skew of its expiry.
@@ -115,7 +122,7 @@ class TokenManager:
             await self._end(session, "access token expired and no refresh token")
             raise SessionEnded("The session's access token expired and it cannot be refreshed.")
         try:
-            tokens = await self.client.refresh(session.refresh_token)
+            tokens = await self.client.refresh(session.refresh_token, self.dpop_key(session))
         except TokenError as exc:
             if exc.error == "invalid_grant":
                 again = await self.store.load(session.id, touch=False)
@@ -168,6 +175,7 @@ class TokenManager:
             tokens.refresh_token or session.refresh_token,
             tokens.id_token,
             tokens.lifetime,
+            tokens.token_type,
         )
 
     async def _refuse(self, session: Session, tokens: TokenResponse, exc: OIDCError) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,8 +15,8 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
-from demo.stack import REPORTS_AUDIENCE, Service, Stack, _http_ok
-from tests.e2e.conftest import ARTIFACTS
+from demo.stack import DPOP_CLIENT_ID, DPOP_CLIENT_SECRET, REPORTS_AUDIENCE, Service, Stack, _http_ok
+from tests.e2e.conftest import ARTIFACTS, REFRESH_SKEW
 from tests.e2e.test_browser import Shots, api_seen, call_api, open_spa, sign_in
 from tests.support import ROOT
 
@@ -113,3 +114,61 @@ def test_sign_in_and_a_local_api_call_through_the_embedded_form(
     assert upstream["status"] == 200 and upstream["body"]["sub"] == user_id  # the API took bob's token
     assert xhr(page, "/api/whoami")["body"]["sub"] == user_id  # and a proxied call, same process
     assert httpx.get(f"{stack.config.embedded_url}/local/summary", timeout=10).status_code == 403
+
+
+@pytest.fixture
+def dpop_bff(stack: Stack) -> Iterator[Service]:
+    """A second BFF process, DPoP on, signing in with the realm's bff-dpop client (Keycloak
+    issues it DPoP-bound tokens only), on the stack's embedded port (registered for both)."""
+    config = stack.config
+    env = dict(config.bff_env())
+    env.update(
+        BFF_PORT=str(config.embedded_port),
+        BFF_PUBLIC_URL=config.embedded_url,
+        BFF_CLIENT_ID=DPOP_CLIENT_ID,
+        BFF_CLIENT_SECRET=DPOP_CLIENT_SECRET,
+        BFF_DPOP="true",
+        BFF_ENV_FILE=os.devnull,
+        PATH=os.environ.get("PATH", ""),
+    )
+    service = Service(
+        "bff-dpop",
+        [sys.executable, "-m", "bff"],
+        env,
+        config.embedded_port,
+        _http_ok(f"{config.embedded_url}/readyz"),
+        ARTIFACTS / "logs" / "bff-dpop.log",
+    )
+    service.start()
+    try:
+        service.wait_ready()
+        yield service
+    finally:
+        service.stop()
+
+
+def test_dpop_bound_tokens_sign_in_call_refresh_and_sign_out(
+    stack: Stack, dpop_bff: Service, contexts: Callable[[], BrowserContext]
+) -> None:
+    shots = Shots("8-dpop")
+    page = contexts().new_page()
+    page.goto(stack.config.embedded_url + "/")
+    sign_in(page, stack, "alice", shots, back_to=stack.config.embedded_url)
+    first = call_api(page)
+    assert first["token"]["dpop_bound"] is True  # the sample API checked cnf.jkt against the proof
+    seen = {s["jti"]: s for s in api_seen(stack)}
+    jkt = seen[first["token"]["jti"]]["dpop_jkt"]
+    assert jkt
+    page.get_by_test_id("call-reports").click()
+    reports = shown(page, "reports-result")
+    assert reports["token"]["dpop_bound"] is True  # the exchanged token is bound to the same key
+    # Refresh (with a proof of the same key) once the token is within the refresh window.
+    time.sleep(max(0.0, first["token"]["exp"] - REFRESH_SKEW + 1 - time.time()))
+    second = call_api(page)
+    shots(page, "after-refresh")
+    assert second["token"]["jti"] != first["token"]["jti"] and second["token"]["dpop_bound"] is True
+    assert {s["jti"]: s for s in api_seen(stack)}[second["token"]["jti"]]["dpop_jkt"] == jkt
+    page.get_by_test_id("logout-button").click()
+    page.wait_for_url(f"{stack.config.embedded_url}/")
+    expect(page.get_by_test_id("signed-out")).to_be_visible()
+    assert xhr(page, "/bff/user")["status"] == 401

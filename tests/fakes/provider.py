@@ -35,6 +35,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from demo.dpop_verify import ProofError, ProofVerifier
+
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
@@ -126,6 +128,7 @@ class State:
             # "signed_es256" (an algorithm the client did not register), "not_json".
             "userinfo_mode": "",
             "publish_ec_key": False,
+            "signing_alg": "RS256",  # ES256: every token signed with the EC key (FAPI 2.0 tests)
             "omit_expires_in": False,  # RFC 6749 makes expires_in only RECOMMENDED
             # Token exchange (RFC 8693) and client credentials: refuse with this OAuth error,
             # answer without issued_token_type ("malformed"), or live this long.
@@ -133,6 +136,17 @@ class State:
             "exchange_malformed": False,
             "client_credentials_error": "",
             "route_token_ttl": None,  # default: access_ttl
+            # DPoP (RFC 9449): "dpop" advertises and honours proofs (tokens bound to the
+            # proof's key); "dpop_required" refuses token requests without one; "dpop_nonce"
+            # demands the server nonce (400 use_dpop_nonce + DPoP-Nonce) and
+            # "dpop_rotate_nonce" sends a new one with every answer; "dpop_ignore" issues
+            # Bearer tokens whatever the client sends (an IdP that does not do DPoP).
+            "dpop": False,
+            "dpop_required": False,
+            "dpop_nonce": False,
+            "dpop_rotate_nonce": False,
+            "dpop_ignore": False,
+            "dpop_algs": ["ES256", "PS256", "EdDSA", "RS256"],
             # Answers replaced for the fuzz tests, by endpoint ("discovery", "jwks", "token",
             # "userinfo", "revocation", "par"): {"status", "content_type", "body"} replaces
             # the whole answer; {"set": {...}, "delete": [...]} edits the real JSON answer
@@ -158,6 +172,9 @@ class State:
         }
         # Each token exchange / client credentials request: grant, audience, resource, scope.
         self.route_token_requests: list[dict[str, Any]] = []
+        self.dpop = ProofVerifier()
+        self.dpop_proofs: list[dict[str, Any]] = []  # endpoint, jkt, jti, nonce of each proof
+        self.dpop_nonce_challenges = 0
         self.client_auth_seen: list[str] = []
         self.access_tokens: dict[str, dict[str, Any]] = {}
         self.id_tokens_issued: list[str] = []
@@ -167,7 +184,8 @@ class State:
         return self.keys[0]
 
     def jwks(self) -> dict[str, Any]:
-        keys = [*self.keys, self.ec_key] if self.config["publish_ec_key"] else self.keys
+        ec = self.config["publish_ec_key"] or self.config["signing_alg"] == "ES256"
+        keys = [*self.keys, self.ec_key] if ec else self.keys
         return {"keys": [k.as_dict(private=False) for k in keys]}
 
     def sign_es256(self, claims: dict[str, Any], header: dict[str, Any]) -> str:
@@ -201,19 +219,29 @@ class State:
             meta["revocation_endpoint"] = f"{i}/revoke"
         if c["advertise_end_session"]:
             meta["end_session_endpoint"] = f"{i}/end_session"
+        if c["dpop"]:
+            meta["dpop_signing_alg_values_supported"] = c["dpop_algs"]
         return meta
 
     # --- tokens ---------------------------------------------------------------------
     def sign(
         self, claims: dict[str, Any], header: dict[str, Any] | None = None, key: RSAKey | None = None
     ) -> str:
+        if key is None and self.config["signing_alg"] == "ES256" and "alg" not in (header or {}):
+            return self.sign_es256(claims, {"typ": "JWT", **(header or {})})
         k = key or self.key
         h = {"alg": "RS256", "kid": k.kid, "typ": "JWT"}
         h.update(header or {})
         return jwt.encode(h, claims, k, algorithms=[h["alg"]])
 
     def access_token(
-        self, user: dict[str, Any], sid: str | None, scope: str, ttl: int, aud: str | list[str] = "api"
+        self,
+        user: dict[str, Any],
+        sid: str | None,
+        scope: str,
+        ttl: int,
+        aud: str | list[str] = "api",
+        jkt: str | None = None,
     ) -> str:
         now = int(time.time())
         claims = {
@@ -228,8 +256,10 @@ class State:
             "sid": sid,
             "preferred_username": user["preferred_username"],
         }
+        if jkt is not None:
+            claims["cnf"] = {"jkt": jkt}  # RFC 9449 §6.1
         token = self.sign(claims, {"typ": "at+jwt"})
-        self.access_tokens[token] = {"user": user, "sid": sid}
+        self.access_tokens[token] = {"user": user, "sid": sid, "jkt": jkt}
         return token
 
     def id_token(
@@ -520,6 +550,7 @@ def create_app(issuer: str) -> Starlette:
             "sid": secrets.token_hex(8),
             "used": False,
             "auth_time": int(time.time()),
+            "dpop_jkt": params.get("dpop_jkt"),
         }
         answer["code"] = code
         return RedirectResponse(f"{redirect}?{urlencode(answer)}", status_code=302)
@@ -532,11 +563,12 @@ def create_app(issuer: str) -> Starlette:
         with_id: bool,
         refresh: bool = False,
         auth_time: int | None = None,
+        jkt: str | None = None,
     ) -> dict[str, Any]:
         ttl = st.config["access_ttl"]
         if refresh and st.config["refresh_access_ttl"] is not None:
             ttl = st.config["refresh_access_ttl"]
-        access = st.access_token(user, sid, scope, ttl)
+        access = st.access_token(user, sid, scope, ttl, jkt=jkt)
         new_refresh = secrets.token_urlsafe(32)
         st.refresh[new_refresh] = {
             "user": user,
@@ -544,10 +576,11 @@ def create_app(issuer: str) -> Starlette:
             "scope": scope,
             "valid": True,
             "auth_time": auth_time,
+            "jkt": jkt,
         }
         body: dict[str, Any] = {
             "access_token": access,
-            "token_type": "Bearer",
+            "token_type": "DPoP" if jkt else "Bearer",
             "expires_in": ttl,
             "scope": scope,
         }
@@ -574,7 +607,10 @@ def create_app(issuer: str) -> Starlette:
             return oauth_error("server_error", "configured failure", st.config["token_status"])
         if await authenticate_client(request, form) is None:
             return oauth_error("invalid_client", "client authentication failed", 401)
-        headers = {"Cache-Control": "no-store"}
+        jkt = dpop_proof(request, "POST", f"{st.issuer}/token", "token")
+        if isinstance(jkt, Response):
+            return jkt
+        headers = {"Cache-Control": "no-store", **nonce_header()}
         if grant == "authorization_code":
             entry = st.codes.get(form.get("code", ""))
             if entry is None or entry["exp"] < time.time():
@@ -591,6 +627,9 @@ def create_app(issuer: str) -> Starlette:
             verifier = form.get("code_verifier", "")
             if b64url(hashlib.sha256(verifier.encode()).digest()) != entry["challenge"]:
                 return oauth_error("invalid_grant", "PKCE verification failed")
+            honoured = st.config["dpop"] and not st.config["dpop_ignore"]
+            if honoured and entry.get("dpop_jkt") and entry["dpop_jkt"] != jkt:
+                return oauth_error("invalid_grant", "the proof's key is not the one named by dpop_jkt")
             body = issue(
                 entry["user"],
                 entry["nonce"],
@@ -598,6 +637,7 @@ def create_app(issuer: str) -> Starlette:
                 entry["scope"],
                 True,
                 auth_time=entry["auth_time"],
+                jkt=jkt,
             )
             return JSONResponse(body, headers=headers)
         if grant == "refresh_token":
@@ -608,6 +648,8 @@ def create_app(issuer: str) -> Starlette:
             entry = st.refresh.get(form.get("refresh_token", ""))
             if entry is None or not entry["valid"]:
                 return oauth_error("invalid_grant", "refresh token invalid")
+            if entry.get("jkt") and entry["jkt"] != jkt:
+                return oauth_error("invalid_dpop_proof", "refresh with another key than the grant's")
             user = entry["user"]
             if st.config["refresh_misbehave"] == "other_user":
                 user = next(u for u in USERS.values() if u["sub"] != user["sub"])
@@ -619,6 +661,7 @@ def create_app(issuer: str) -> Starlette:
                 st.config["id_token_on_refresh"],
                 refresh=True,
                 auth_time=entry.get("auth_time"),
+                jkt=jkt,
             )
             if st.config["rotate_refresh"]:
                 entry["valid"] = False
@@ -627,10 +670,42 @@ def create_app(issuer: str) -> Starlette:
                 body["refresh_token"] = form["refresh_token"]
             return JSONResponse(body, headers=headers)
         if grant in (TOKEN_EXCHANGE, "client_credentials"):
-            return route_token(grant, form)
+            return route_token(grant, form, jkt)
         return oauth_error("unsupported_grant_type", grant)
 
-    def route_token(grant: str, form: dict[str, str | list[str]]) -> Response:
+    def dpop_proof(
+        request: Request, method: str, url: str, endpoint: str, access_token: str | None = None
+    ) -> Any:
+        """The proof's key thumbprint, None without a (honoured) proof, or the error answer."""
+        c = st.config
+        proof = request.headers.get("dpop")
+        if not c["dpop"] or c["dpop_ignore"]:
+            return None
+        if not proof:
+            if c["dpop_required"]:
+                return oauth_error("invalid_dpop_proof", "a DPoP proof is required")
+            return None
+        st.dpop.require_nonce = c["dpop_nonce"]
+        try:
+            claims = st.dpop.verify(proof, method, url, access_token=access_token)
+        except ProofError as exc:
+            if exc.error == "use_dpop_nonce":
+                st.dpop_nonce_challenges += 1
+                response = oauth_error("use_dpop_nonce", exc.message)
+                response.headers["DPoP-Nonce"] = st.dpop.nonce
+                return response
+            return oauth_error("invalid_dpop_proof", exc.message)
+        st.dpop_proofs.append(
+            {"endpoint": endpoint, "jkt": claims["_jkt"], "jti": claims["jti"], "nonce": claims.get("nonce")}
+        )
+        if c["dpop_rotate_nonce"]:
+            st.dpop.rotate_nonce()
+        return claims["_jkt"]
+
+    def nonce_header() -> dict[str, str]:
+        return {"DPoP-Nonce": st.dpop.nonce} if st.config["dpop"] and st.config["dpop_nonce"] else {}
+
+    def route_token(grant: str, form: dict[str, str | list[str]], jkt: str | None) -> Response:
         """Token exchange (RFC 8693) of one of our access tokens, or client credentials: a
         token whose aud is the requested audience and resources (else "api")."""
         resources = form.get("resource", [])
@@ -649,6 +724,8 @@ def create_app(issuer: str) -> Starlette:
             if subject is None or claims.get("exp", 0) < time.time():
                 return oauth_error("invalid_request", "invalid subject token")
             user, sid = subject["user"], subject["sid"]
+            if subject.get("jkt") and subject["jkt"] != jkt:
+                return oauth_error("invalid_dpop_proof", "a bound subject token needs a proof of its key")
         else:
             if st.config["client_credentials_error"]:
                 return oauth_error(st.config["client_credentials_error"], "configured refusal")
@@ -657,13 +734,13 @@ def create_app(issuer: str) -> Starlette:
         ttl = st.config["route_token_ttl"]
         ttl = st.config["access_ttl"] if ttl is None else ttl
         body: dict[str, Any] = {
-            "access_token": st.access_token(user, sid, str(scope or ""), ttl, aud),
-            "token_type": "Bearer",
+            "access_token": st.access_token(user, sid, str(scope or ""), ttl, aud, jkt),
+            "token_type": "DPoP" if jkt else "Bearer",
             "expires_in": ttl,
         }
         if grant == TOKEN_EXCHANGE and not st.config["exchange_malformed"]:
             body["issued_token_type"] = ACCESS_TOKEN_TYPE
-        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+        return JSONResponse(body, headers={"Cache-Control": "no-store", **nonce_header()})
 
     async def revoke(request: Request) -> Response:
         st.stats["revocation"] += 1
@@ -678,10 +755,25 @@ def create_app(issuer: str) -> Starlette:
 
     async def userinfo(request: Request) -> Response:
         st.stats["userinfo"] += 1
-        auth = request.headers.get("authorization", "")
-        entry = st.access_tokens.get(auth[7:]) if auth.startswith("Bearer ") else None
-        if entry is None:
-            return Response(status_code=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        entry = st.access_tokens.get(presented)
+        if (
+            entry is None
+            or scheme not in ("Bearer", "DPoP")
+            or (entry.get("jkt") is not None) != (scheme == "DPoP")
+        ):
+            return Response(
+                status_code=401, headers={"WWW-Authenticate": f'{scheme or "Bearer"} error="invalid_token"'}
+            )
+        if entry.get("jkt"):
+            jkt = dpop_proof(request, request.method, f"{st.issuer}/userinfo", "userinfo", presented)
+            if jkt != entry["jkt"]:
+                challenge = (
+                    'DPoP error="use_dpop_nonce"'
+                    if isinstance(jkt, Response) and st.config["dpop_nonce"]
+                    else 'DPoP error="invalid_token"'
+                )
+                return Response(status_code=401, headers={"WWW-Authenticate": challenge, **nonce_header()})
         user = dict(entry["user"])
         if st.config["misbehave"] == "userinfo_other_sub":
             user["sub"] = "someone-else"
@@ -738,6 +830,8 @@ def create_app(issuer: str) -> Starlette:
                 "client_auth": st.client_auth_seen,
                 "valid_refresh_tokens": sum(1 for r in st.refresh.values() if r["valid"]),
                 "route_token_requests": st.route_token_requests,
+                "dpop_proofs": st.dpop_proofs,
+                "dpop_nonce_challenges": st.dpop_nonce_challenges,
             }
         )
 

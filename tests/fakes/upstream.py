@@ -11,6 +11,13 @@
     /refuse-token       POST a bearer token: from then on .../strict/... refuses it with
                         401 ``WWW-Authenticate: Bearer error="invalid_token"`` (RFC 6750)
     /strict/...         like /echo, for tokens not refused; counts its calls (/strict-calls)
+    (any path)          a request with ``Authorization: DPoP`` has its proof checked (RFC 9449:
+                        signature, htm, htu, iat, jti replay, ath, cnf.jkt): refused with 401
+                        ``WWW-Authenticate: DPoP error="invalid_dpop_proof"``, else its result
+                        is in the echo's "dpop"; under .../dpop-nonce/... the proof must carry
+                        this upstream's nonce (401 use_dpop_nonce + DPoP-Nonce otherwise), and
+                        under .../dpop-rotate/... every answer brings a new nonce
+    /dpop-seen          the jti of every proof this upstream accepted
 
 Run: ``python -m tests.fakes.upstream --port 9500``.
 """
@@ -25,6 +32,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import uvicorn
+
+from demo.dpop_verify import ProofError, ProofVerifier, thumbprint_of
 
 Scope = dict[str, Any]
 
@@ -59,6 +68,30 @@ async def _send(
 BENCH_BODY = json.dumps({"ok": True, "items": list(range(10))}).encode()
 REFUSED: set[str] = set()
 STRICT_CALLS = [0]
+DPOP = ProofVerifier()
+DPOP_SEEN: list[str] = []
+
+
+def _check_dpop(scope: Scope, path: str) -> tuple[int, list[tuple[bytes, bytes]], dict[str, Any] | None]:
+    """(401 or 0, headers to add, the accepted proof's facts) for a DPoP-scheme request."""
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme != "DPoP":
+        return 0, [], None
+    DPOP.require_nonce = "/dpop-nonce/" in path or "/dpop-rotate/" in path
+    url = f"http://{headers.get('host', '')}{path}"
+    nonce = [(b"dpop-nonce", DPOP.nonce.encode())] if DPOP.require_nonce else []
+    try:
+        claims = DPOP.verify(
+            headers.get("dpop"), scope["method"], url, access_token=token, jkt=thumbprint_of(token)
+        )
+    except ProofError as exc:
+        challenge = f'DPoP error="{exc.error}", error_description="{exc.message}"'.encode()
+        return 401, [(b"www-authenticate", challenge), *nonce], None
+    DPOP_SEEN.append(claims["jti"])
+    if "/dpop-rotate/" in path:
+        nonce = [(b"dpop-nonce", DPOP.rotate_nonce().encode())]
+    return 0, nonce, {"jkt": claims["_jkt"], "jti": claims["jti"], "nonce": claims.get("nonce")}
 
 
 async def app(scope: Scope, receive: Any, send: Any) -> None:
@@ -147,6 +180,14 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     if name == "set-cookie":
         await _send(send, 200, b"{}", extra=[(b"set-cookie", b"bff_session=evil; Path=/")])
         return
+    if name == "dpop-seen":
+        await _send(send, 200, json.dumps({"jti": DPOP_SEEN}).encode())
+        return
+    status, dpop_headers, dpop = _check_dpop(scope, path)
+    if status:
+        await _read_body(receive)
+        await _send(send, status, b'{"error":"dpop"}', extra=dpop_headers)
+        return
     size, digest = await _read_body(receive)
     headers: dict[str, list[str]] = {}
     for k, v in scope["headers"]:
@@ -159,8 +200,9 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         "headers": headers,
         "body_size": size,
         "body_sha256": digest,
+        "dpop": dpop,
     }
-    await _send(send, 200, json.dumps(echo).encode())
+    await _send(send, 200, json.dumps(echo).encode(), extra=dpop_headers)
 
 
 def main() -> None:
