@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import tempfile
+from typing import Any
 
 from .errors import ConfigError
 from .settings import Settings, load_settings
@@ -46,6 +47,26 @@ def _preflight(settings: Settings) -> None:
         raise SystemExit(2)
 
 
+def _server_class() -> type:
+    import uvicorn
+
+    class BFFServer(uvicorn.Server):
+        """uvicorn's server, but a graceful shutdown first closes the proxied WebSockets with
+        1001 (going away) and waits for their close handshakes; uvicorn alone sends 1012."""
+
+        async def shutdown(self, sockets: list[Any] | None = None) -> None:
+            from .websocket import close_everywhere
+
+            await close_everywhere()
+            await super().shutdown(sockets)
+
+    return BFFServer
+
+
+def _Server(config: Any) -> Any:
+    return _server_class()(config)
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -63,6 +84,8 @@ def serve(settings: Settings) -> None:
         "h11_max_incomplete_event_size": settings.max_header_size,
         "timeout_graceful_shutdown": 30,
         "timeout_keep_alive": 30,
+        "ws": "websockets-sansio",
+        "ws_max_size": settings.ws_max_message_size,
     }
     try:
         import uvloop  # noqa: F401
@@ -77,13 +100,14 @@ def serve(settings: Settings) -> None:
     except ImportError:
         options["http"] = "h11"
     if settings.workers > 1:
+        # Each worker's app closes its WebSockets with 1001 itself (app_from_env).
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bff-metrics-")
         uvicorn.run("bff.app:app_from_env", factory=True, workers=settings.workers, **options)  # type: ignore[arg-type]
         return
     from .app import create_app
 
-    uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+    _Server(uvicorn.Config(create_app(settings), **options)).run()  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -39,10 +40,11 @@ from .routes import auth, health, sessions, user
 from .security.cookies import Cookies
 from .services import Services
 from .session.crypto import RecordCipher
-from .session.redis_store import RedisStore, connect
+from .session.redis_store import RedisStore, connect, connect_listener
 from .session.store import MemoryStore, SessionStore
 from .settings import Settings, load_settings
 from .tokens import RouteTokens, TokenManager
+from .websocket import Sockets, WebSocketProxy
 
 log = logging.getLogger("bff")
 
@@ -57,6 +59,7 @@ def build_store(settings: Settings, clock: Callable[[], float] = time.time) -> S
         settings.session_idle_timeout,
         clock,
         timeout=settings.redis_timeout,
+        listener=connect_listener(settings.redis_url, settings.redis_timeout),
     )
 
 
@@ -86,6 +89,11 @@ class BFFApp:
     def __init__(self, services: Services, proxy: Proxy, routes: list[Any]) -> None:
         self.services = services
         self.proxy = proxy
+        settings = services.settings
+        self.sockets = Sockets(
+            services.store, services.metrics, settings.ws_max_per_session, settings.ws_max_per_process
+        )
+        self.websockets = WebSocketProxy(services, proxy, self.sockets)
         self.router = Starlette(
             routes=routes,
             exception_handlers={
@@ -102,6 +110,8 @@ class BFFApp:
             self.dispatch, services.settings, services.metrics, lambda path: proxy.match(path) is not None
         )
         self._loader: asyncio.Task[None] | None = None
+        self._notices: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
@@ -111,15 +121,38 @@ class BFFApp:
         finally:
             await self.shutdown()
 
+    close_sockets_on_signal = False
+
+    def _chain_stop_signals(self) -> None:
+        """In a worker: on SIGINT/SIGTERM first close the WebSockets (1001, sent at once), then
+        let the server's own handler (installed before the lifespan starts) stop it."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(sig)
+
+            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+                loop.call_soon_threadsafe(self.sockets.close_all)
+                if callable(previous):
+                    previous(signum, frame)
+
+            signal.signal(sig, handler)
+
     async def startup(self) -> None:
+        if self.close_sockets_on_signal:
+            self._chain_stop_signals()
         await self.proxy.start()
         self._loader = asyncio.create_task(self.services.provider.load_with_retry())
+        self._notices = asyncio.create_task(self.services.store.run_notices())
+        self._sweeper = asyncio.create_task(self.sockets.sweep())
 
     async def shutdown(self) -> None:
-        if self._loader is not None:
-            self._loader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loader
+        self.sockets.close_all()  # 1001, if the server has not closed them already
+        await self.sockets.drain()
+        for task in (self._loader, self._notices, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.proxy.stop()
         await self.services.http.aclose()
         await self.services.store.close()
@@ -129,10 +162,13 @@ class BFFApp:
         return path == "/bff" or path.startswith("/bff/") or self.proxy.match(path) is not None
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):
             route = self.proxy.match(scope["path"])
             if route is not None:
-                await self.proxy.handle(route, scope, receive, send)
+                if scope["type"] == "http":
+                    await self.proxy.handle(route, scope, receive, send)
+                else:
+                    await self.websockets.handle(route, scope, receive, send)
                 return
         await self.router(scope, receive, send)
 
@@ -227,9 +263,12 @@ def create_app(
 
 
 def app_from_env() -> BFFApp:
-    """uvicorn factory for worker processes: each reads the same environment."""
+    """uvicorn factory for worker processes: each reads the same environment, and closes its
+    WebSockets with 1001 when told to stop (uvicorn's own worker server would send 1012)."""
     from .log import setup_logging
 
     settings = load_settings()
     setup_logging(settings.log_format, settings.log_level)
-    return create_app(settings)
+    app = create_app(settings)
+    app.close_sockets_on_signal = True
+    return app

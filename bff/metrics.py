@@ -63,6 +63,18 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
+        self.websockets_open = Gauge(
+            "bff_websockets_open", "WebSockets open through the BFF.", registry=r, multiprocess_mode="livesum"
+        )
+        self.websocket_messages = Counter(
+            "bff_websocket_messages", "WebSocket messages relayed, by direction.", ["direction"], registry=r
+        )
+        self.websocket_closes = Counter(
+            "bff_websocket_closes",
+            "WebSockets closed (by whom or why) or refused (refused_<status>).",
+            ["reason"],
+            registry=r,
+        )
         self.store_errors = Counter("bff_session_store_errors", "Session store (Redis) failures.", registry=r)
         self.sessions = Gauge(
             "bff_sessions_estimate",

@@ -37,6 +37,7 @@ from .errors import (
 )
 from .oidc.errors import OIDCError, TokenError
 from .services import Services
+from .session.models import Session
 from .settings import ApiRoute
 from .tokens import Credential
 
@@ -94,7 +95,7 @@ class PathRefused(BFFError):
 
 
 @dataclass(frozen=True, slots=True)
-class _Route:
+class Route:
     config: ApiRoute
     prefix: bytes
     base_path: bytes
@@ -134,11 +135,11 @@ class Proxy:
         public = urlsplit(services.settings.public_url)
         self.forwarded_proto = public.scheme.encode()
         self.forwarded_host = public.netloc.encode()
-        self.routes: list[_Route] = []
+        self.routes: list[Route] = []
         for r in services.settings.api_routes:
             up = urlsplit(r.upstream)
             self.routes.append(
-                _Route(
+                Route(
                     config=r,
                     prefix=r.prefix.encode(),
                     base_path=up.path.rstrip("/").encode(),
@@ -177,14 +178,14 @@ class Proxy:
             await client.close()
         self._clients.clear()
 
-    def match(self, path: str) -> _Route | None:
+    def match(self, path: str) -> Route | None:
         for route in self.routes:
             p = route.config.prefix
             if path == p or (path.startswith(p) and path[len(p)] == "/"):
                 return route
         return None
 
-    def _count(self, route: _Route, status: int) -> None:
+    def _count(self, route: Route, status: int) -> None:
         key = (route.config.prefix, status)
         counter = self._counters.get(key)
         if counter is None:
@@ -207,7 +208,7 @@ class Proxy:
         await send(self._start(scope, status, headers))
         await send({"type": "http.response.body", "body": body})
 
-    async def handle(self, route: _Route, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             try:
                 status = await self._forward(route, scope, receive, send)
@@ -222,7 +223,10 @@ class Proxy:
         if "state" in scope:
             scope["state"]["status"] = status
 
-    def _headers(self, scope: Scope) -> list[tuple[str, str]]:
+    def client(self, route: Route) -> aiohttp.ClientSession:
+        return self._clients[route.origin]
+
+    def headers(self, scope: Scope) -> list[tuple[str, str]]:
         """The browser's headers the upstream may see, plus the forwarding headers we vouch
         for; the credential is added per attempt (``_call``)."""
         raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
@@ -250,15 +254,18 @@ class Proxy:
             out.append(("x-request-id", state["request_id"]))
         return out
 
-    async def _credential(self, route: _Route, cookie: bytes) -> Credential | None:
-        """The credential this route's upstream gets (its token policy, tokens/route.py)."""
+    async def credential(self, route: Route, scope: Scope) -> tuple[Session | None, Credential | None]:
+        """The caller's session (where the policy looks for one) and the credential this
+        route's upstream gets (its token policy, tokens/route.py)."""
         policy = route.config.token
         session = None
         if policy not in ("none", "client"):
-            session = await self.svc.gate.session(cookie.decode("latin-1"))
-        return await self.svc.route_tokens.credential(route.config, session)
+            cookies = [v.decode("latin-1") for k, v in scope["headers"] if k == b"cookie"]
+            session = await self.svc.gate.session("; ".join(cookies))
+        return session, await self.svc.route_tokens.credential(route.config, session)
 
-    def _target(self, route: _Route, scope: Scope) -> str:
+    def target(self, route: Route, scope: Scope) -> str:
+        """The upstream URL of the request; 400 for a path that could leave the route."""
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         check_path(raw_path)
         rest = raw_path[len(route.prefix) :] if route.config.strip_prefix else raw_path
@@ -282,24 +289,21 @@ class Proxy:
             return self._stream(receive), False
         return b"".join([chunk async for chunk in self._stream(receive)]), True
 
-    async def _forward(self, route: _Route, scope: Scope, receive: Receive, send: Send) -> int:
+    async def _forward(self, route: Route, scope: Scope, receive: Receive, send: Send) -> int:
         csrf = content_length = None
-        cookie = b""
         chunked = False
         for k, v in scope["headers"]:  # one pass for everything this request needs
             if k == b"x-csrf":
                 csrf = v
-            elif k == b"cookie":
-                cookie = v if not cookie else cookie + b"; " + v
             elif k == b"content-length":
                 content_length = v
             elif k == b"transfer-encoding":
                 chunked = True
         if csrf != b"1":
             raise CsrfRejected()
-        target = self._target(route, scope)
-        credential = await self._credential(route, cookie)
-        headers = self._headers(scope)
+        target = self.target(route, scope)
+        _, credential = await self.credential(route, scope)
+        headers = self.headers(scope)
         if content_length is not None and content_length.isdigit():
             headers.append(("content-length", content_length.decode()))
         body, replayable = await self._body(receive, content_length, chunked)
@@ -313,7 +317,7 @@ class Proxy:
 
     async def _retry(
         self,
-        route: _Route,
+        route: Route,
         method: str,
         target: str,
         headers: list[tuple[str, str]],
@@ -345,7 +349,7 @@ class Proxy:
 
     async def _call(
         self,
-        route: _Route,
+        route: Route,
         method: str,
         target: str,
         headers: list[tuple[str, str]],
@@ -383,7 +387,7 @@ class Proxy:
             self.nonces.update(target, response.headers.get)  # RFC 9449 §9: any answer may rotate it
         return response
 
-    async def _relay(self, route: _Route, scope: Scope, send: Send, response: aiohttp.ClientResponse) -> int:
+    async def _relay(self, route: Route, scope: Scope, send: Send, response: aiohttp.ClientResponse) -> int:
         out_headers = [
             (k.lower(), v)
             for k, v in response.raw_headers

@@ -73,6 +73,9 @@ SETTINGS_DOC: dict[str, str] = {
     "BFF_TOKEN_REFRESH_SKEW": "refresh ahead of expiry",
     "BFF_ASSUMED_TOKEN_LIFETIME": "lifetime of a token whose response has no expires_in",
     "BFF_RETRY_BODY_LIMIT": "largest request body buffered so a proxied call can be retried",
+    "BFF_WS_MAX_PER_SESSION": "open WebSockets per session",
+    "BFF_WS_MAX_PER_PROCESS": "open WebSockets per process",
+    "BFF_WS_MAX_MESSAGE_SIZE": "largest WebSocket message",
     "BFF_CLOCK_SKEW": "clock skew tolerance",
     "BFF_LOGIN_TIMEOUT": "login transaction lifetime",
     "BFF_MAX_PENDING_LOGINS": "pending logins per browser",
@@ -152,6 +155,9 @@ class Settings:
     token_refresh_skew: int = 60
     assumed_token_lifetime: int = 300
     retry_body_limit: int = 65536
+    ws_max_per_session: int = 16
+    ws_max_per_process: int = 10000
+    ws_max_message_size: int = 1048576
     clock_skew: int = 60
     login_timeout: int = 600
     max_pending_logins: int = 10
@@ -627,6 +633,11 @@ def _proxy(r: _Reader) -> Values:
         "api_routes": parse_api_routes(routes_raw, r.problems) if routes_raw else (),
         "trusted_proxies": proxies,
         "retry_body_limit": r.integer("BFF_RETRY_BODY_LIMIT", 65536, minimum=0, maximum=16 * 1024 * 1024),
+        "ws_max_per_session": r.integer("BFF_WS_MAX_PER_SESSION", 16, minimum=1),
+        "ws_max_per_process": r.integer("BFF_WS_MAX_PER_PROCESS", 10000, minimum=1),
+        "ws_max_message_size": r.integer(
+            "BFF_WS_MAX_MESSAGE_SIZE", 1048576, minimum=1024, maximum=64 * 1024 * 1024
+        ),
     }
 
 

@@ -22,6 +22,7 @@ by idle expiry are pruned whenever an index is read, so no caller ever sees a de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from typing import Any, cast
@@ -37,7 +38,8 @@ from redis.exceptions import ClusterDownError, LockError, NoScriptError, RedisCl
 
 from ..errors import StoreUnavailable
 from .crypto import DecryptionError, RecordCipher
-from .models import LoginTransaction, Session
+from .models import LoginTransaction, Session, public_handle
+from .notices import CHANGED, CHANNEL, ENDED, subscribe
 from .pipelining import AutoPipeline
 from .store import Clock, SessionStore, StoreLock
 
@@ -218,6 +220,24 @@ def connect(url: str, timeout: float = DEFAULT_TIMEOUT) -> Client:
     raise ValueError(f"unsupported Redis URL scheme {scheme!r}")
 
 
+def connect_listener(url: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
+    """A client for the notices subscription: one connection that checks its health every
+    few seconds (so a silently dead link is noticed), to the master on Sentinel; on Cluster
+    to one of the given nodes (classic pub/sub reaches every node)."""
+    parts = urlsplit(url)
+    if parts.scheme.endswith("+cluster"):
+        userinfo, _, hostlist = parts.netloc.rpartition("@")
+        host, port = _nodes(hostlist, 6379)[0]
+        netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
+        url = f"{'rediss' if parts.scheme.startswith('rediss') else 'redis'}://{netloc}/0"
+    client = connect(url, timeout)
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        pool.connection_kwargs["health_check_interval"] = 5
+        pool.connection_kwargs["socket_timeout"] = 10.0
+    return client
+
+
 def _h(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:32]
 
@@ -257,9 +277,11 @@ class RedisStore(SessionStore):
         idle_timeout: int,
         clock: Clock = time.time,
         timeout: float = DEFAULT_TIMEOUT,
+        listener: Any = None,
     ) -> None:
         super().__init__(idle_timeout, clock)
         self.r = client
+        self._listener = listener  # the client whose connection subscribes to the notices
         self.cipher = cipher
         self.timeout = timeout
         self._touch = client.register_script(_TOUCH)
@@ -416,7 +438,17 @@ class RedisStore(SessionStore):
 
     async def update_tokens(self, session: Session) -> bool:
         done = await self._guard(self._update(keys=[self._skey(session.id)], args=[self._record(session)]))
+        if done:  # best effort: a missed notice costs a cache at most its entry's short life
+            with contextlib.suppress(*_UNAVAILABLE, TimeoutError):
+                async with asyncio.timeout(self.timeout):
+                    await self.r.publish(CHANNEL, CHANGED + public_handle(session.id).encode())
         return bool(done)
+
+    async def run_notices(self) -> None:
+        if self._listener is None:  # no subscription: notices from other processes may be missed
+            self.notices.link(False)
+            await asyncio.Event().wait()
+        await subscribe(self._listener, self.notices)
 
     async def delete(self, session_id: str) -> Session | None:
         return cast(Session | None, await self._guard(self._delete(session_id)))
@@ -434,6 +466,7 @@ class RedisStore(SessionStore):
         if session.idp_sid:
             pipe.zrem(f"bff:d:{_h(session.idp_sid)}", session_id)
         await pipe.execute()
+        await self.r.publish(CHANNEL, ENDED + public_handle(session_id).encode())
         return session
 
     async def sessions_of(self, sub: str) -> list[Session]:
@@ -525,6 +558,8 @@ class RedisStore(SessionStore):
     async def close(self) -> None:
         if self._batch is not None:
             await self._batch.close()
+        if self._listener is not None:
+            await self._listener.aclose()
         pool = getattr(self.r, "connection_pool", None)
         await self.r.aclose()
         if isinstance(pool, SentinelConnectionPool):

@@ -15,7 +15,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
-from .models import LoginTransaction, Session
+from .models import LoginTransaction, Session, public_handle
+from .notices import CHANGED, ENDED, Notices
 
 Clock = Callable[[], float]
 
@@ -38,6 +39,13 @@ class SessionStore(ABC):
         self.idle_timeout = idle_timeout
         self.clock = clock
         self.on_error: Callable[[], None] = lambda: None  # told of every store failure (metrics)
+        self.notices = Notices()  # sessions ended or changed, in any process (notices.py)
+
+    async def run_notices(self) -> None:
+        """Deliver notices from other processes for as long as the task runs (Redis: its
+        pub/sub subscription; a store of one process has nothing to listen to)."""
+        self.notices.link(True)
+        await asyncio.Event().wait()
 
     def now(self) -> int:
         return int(self.clock())
@@ -149,6 +157,7 @@ class MemoryStore(SessionStore):
 
     def __init__(self, idle_timeout: int, clock: Clock = time.time) -> None:
         super().__init__(idle_timeout, clock)
+        self.notices.live = True  # one process: every notice is delivered at once
         self._sessions: dict[str, Session] = {}
         self._tx: dict[str, tuple[LoginTransaction, int]] = {}
         self._jti: dict[str, int] = {}
@@ -197,11 +206,13 @@ class MemoryStore(SessionStore):
             return False
         session.last_seen = max(session.last_seen, current.last_seen)
         self._sessions[session.id] = session
+        self.notices.deliver(CHANGED + public_handle(session.id).encode())
         return True
 
     async def delete(self, session_id: str) -> Session | None:
         s = self._live(session_id)
-        self._sessions.pop(session_id, None)
+        if self._sessions.pop(session_id, None) is not None:
+            self.notices.deliver(ENDED + public_handle(session_id).encode())
         return s
 
     async def sessions_of(self, sub: str) -> list[Session]:

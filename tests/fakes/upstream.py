@@ -18,6 +18,13 @@
                         this upstream's nonce (401 use_dpop_nonce + DPoP-Nonce otherwise), and
                         under .../dpop-rotate/... every answer brings a new nonce
     /dpop-seen          the jti of every proof this upstream accepted
+    WebSockets (ws://):
+    .../ws/echo         first sends a JSON "hello" (the handshake's headers, subprotocol, DPoP
+                        check), then echoes text and binary; a text "close:<code>:<reason>"
+                        makes it close so; it prefers the subprotocol chat.v2
+    .../ws/flood?n=&size=   sends n binary messages of size bytes as fast as it may, then 1000
+    .../ws/sink         reads one message every 0.2 s (a slow upstream)
+    /ws-stats           JSON: handshakes seen, the close codes browsers' sides sent
 
 Run: ``python -m tests.fakes.upstream --port 9500``.
 """
@@ -70,16 +77,66 @@ REFUSED: set[str] = set()
 STRICT_CALLS = [0]
 DPOP = ProofVerifier()
 DPOP_SEEN: list[str] = []
+WS_STATS: dict[str, Any] = {"handshakes": 0, "closes": []}
 
 
-def _check_dpop(scope: Scope, path: str) -> tuple[int, list[tuple[bytes, bytes]], dict[str, Any] | None]:
+async def websocket(scope: Scope, receive: Any, send: Any) -> None:
+    """The WebSocket endpoints (see the module docstring)."""
+    path: str = scope["path"]
+    query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+    if (await receive())["type"] != "websocket.connect":
+        return
+    WS_STATS["handshakes"] += 1
+    status, _, dpop = _check_dpop({**scope, "method": "GET"}, path, "ws")
+    if status:
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    offered = scope.get("subprotocols") or []
+    chosen = "chat.v2" if "chat.v2" in offered else (offered[0] if offered else None)
+    await send({"type": "websocket.accept", "subprotocol": chosen})
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    if name == "flood":
+        block = b"x" * int(query.get("size", "65536"))
+        for _ in range(int(query.get("n", "100"))):
+            await send({"type": "websocket.send", "bytes": block})
+        await send({"type": "websocket.close", "code": 1000})
+        return
+    if name == "echo":
+        headers: dict[str, list[str]] = {}
+        for k, v in scope["headers"]:
+            headers.setdefault(k.decode("latin-1"), []).append(v.decode("latin-1"))
+        hello = {"hello": True, "headers": headers, "subprotocol": chosen, "dpop": dpop, "path": path}
+        await send({"type": "websocket.send", "text": json.dumps(hello)})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            WS_STATS["closes"].append(message.get("code"))
+            return
+        text = message.get("text")
+        if name == "sink":
+            await asyncio.sleep(0.2)
+            continue
+        if text is not None and text.startswith("close:"):
+            _, code, reason = text.split(":", 2)
+            await send({"type": "websocket.close", "code": int(code), "reason": reason})
+            return
+        await send(
+            {"type": "websocket.send", "text": text}
+            if text is not None
+            else {"type": "websocket.send", "bytes": message.get("bytes")}
+        )
+
+
+def _check_dpop(
+    scope: Scope, path: str, scheme: str = "http"
+) -> tuple[int, list[tuple[bytes, bytes]], dict[str, Any] | None]:
     """(401 or 0, headers to add, the accepted proof's facts) for a DPoP-scheme request."""
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme != "DPoP":
         return 0, [], None
     DPOP.require_nonce = "/dpop-nonce/" in path or "/dpop-rotate/" in path
-    url = f"http://{headers.get('host', '')}{path}"
+    url = f"{scheme}://{headers.get('host', '')}{path}"
     nonce = [(b"dpop-nonce", DPOP.nonce.encode())] if DPOP.require_nonce else []
     try:
         claims = DPOP.verify(
@@ -103,8 +160,14 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["type"] == "websocket":
+        await websocket(scope, receive, send)
+        return
     path: str = scope["path"]
     query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+    if path == "/ws-stats":
+        await _send(send, 200, json.dumps(WS_STATS).encode())
+        return
     # Match on the last segments so routes work with or without a stripped prefix.
     name = path.rstrip("/").rsplit("/", 1)[-1]
     if name == "bench":
