@@ -273,6 +273,62 @@ def section_dpop(stack: Stack, results: dict[str, Any]) -> None:
     results["dpop"] = figures
 
 
+async def _ws_figures(url: str, cookie: str | None, origin: str) -> dict[str, float]:
+    """Round-trip latency (one socket, sequential echoes) and throughput (8 sockets echoing
+    100-byte messages as fast as they can) of a WebSocket echo endpoint."""
+    from websockets.asyncio.client import connect
+
+    headers = {"Cookie": cookie} if cookie else {}
+    async with connect(url, additional_headers=headers, origin=origin) as ws:  # type: ignore[arg-type]
+        await ws.recv()  # the upstream's hello
+        rtts = []
+        for _ in range(2000):
+            started = time.perf_counter()
+            await ws.send("x" * 100)
+            await ws.recv()
+            rtts.append((time.perf_counter() - started) * 1e6)
+    rtts.sort()
+
+    async def pump(n: int) -> None:
+        async with connect(url, additional_headers=headers, origin=origin) as ws:  # type: ignore[arg-type]
+            await ws.recv()
+
+            async def sender() -> None:
+                for _ in range(n):
+                    await ws.send("y" * 100)
+
+            task = asyncio.create_task(sender())
+            for _ in range(n):
+                await ws.recv()
+            await task
+
+    started = time.perf_counter()
+    await asyncio.gather(*(pump(5000) for _ in range(8)))
+    rate = 8 * 5000 / (time.perf_counter() - started)
+    return {"p50_us": rtts[len(rtts) // 2], "p99_us": rtts[int(len(rtts) * 0.99)], "msgs_per_s": rate}
+
+
+def section_websocket(stack: Stack, results: dict[str, Any]) -> None:
+    log("== websocket: echo round trips and messages per second, through the BFF vs direct")
+    bff = stack.bff()
+    cookie = asyncio.run(login(bff.url))
+    direct = asyncio.run(
+        _ws_figures("ws" + stack.upstream.url.removeprefix("http") + "/ws/echo", None, bff.url)
+    )
+    through = asyncio.run(_ws_figures("ws" + bff.url.removeprefix("http") + "/api/ws/echo", cookie, bff.url))
+    stack.stop(bff)
+    for name, r in (("direct", direct), ("through BFF", through)):
+        log(
+            f"  {name:<14} round trip p50 {r['p50_us']:7.0f} us  p99 {r['p99_us']:7.0f} us   "
+            f"{r['msgs_per_s']:8.0f} echoed messages/s (8 sockets)"
+        )
+    log(
+        f"  the BFF adds {through['p50_us'] - direct['p50_us']:.0f} us per round trip (p50); "
+        f"message rate ratio {through['msgs_per_s'] / direct['msgs_per_s']:.3f}"
+    )
+    results["websocket"] = {"direct": direct, "bff": through}
+
+
 def section_workers(stack: Stack, results: dict[str, Any]) -> None:
     log("== workers: BFF_WORKERS=2 vs one process")
     direct = wrk(f"{stack.upstream.url}/bench")
@@ -524,6 +580,7 @@ SECTIONS = {
     "proxy": section_proxy,
     "embedded": section_embedded,
     "dpop": section_dpop,
+    "websocket": section_websocket,
     "workers": section_workers,
     "clients": section_clients,
     "login": section_login,

@@ -47,9 +47,10 @@ from joserfc.errors import ExpiredTokenError, JoseError
 from joserfc.jwk import KeySet
 from joserfc.jwt import JWTClaimsRegistry
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from demo.dpop_verify import ProofError, ProofVerifier
 
@@ -146,7 +147,7 @@ class Api:
             return self.config.reports_audience
         return self.config.audience
 
-    async def validate(self, request: Request) -> dict[str, Any]:
+    async def validate(self, request: HTTPConnection, method: str | None = None) -> dict[str, Any]:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() not in ("bearer", "dpop") or not token.strip():
@@ -183,10 +184,12 @@ class Api:
             "DPoP",
         ):  # Keycloak marks ID and refresh tokens otherwise
             raise Unauthorized("invalid_token", "This is not an access token.")
-        self.check_binding(request, scheme, token, claims)
+        self.check_binding(request, scheme, token, claims, method)
         return claims
 
-    def check_binding(self, request: Request, scheme: str, token: str, claims: dict[str, Any]) -> None:
+    def check_binding(
+        self, request: HTTPConnection, scheme: str, token: str, claims: dict[str, Any], method: str | None
+    ) -> None:
         """A DPoP-bound token (``cnf.jkt``, RFC 9449 §6) comes with the DPoP scheme and a valid
         proof of that key for this request; a bearer token without either."""
         cnf = claims.get("cnf")
@@ -201,7 +204,11 @@ class Api:
             )
         try:
             proof = self.dpop.verify(
-                request.headers.get("dpop"), request.method, str(request.url), access_token=token, jkt=jkt
+                request.headers.get("dpop"),
+                method or request.scope.get("method", "GET"),
+                str(request.url),
+                access_token=token,
+                jkt=jkt,
             )
         except ProofError as exc:
             raise Unauthorized(exc.error, exc.message, "DPoP") from exc
@@ -278,6 +285,27 @@ def create_app(config: ApiConfig | None = None) -> Starlette:
             headers={"Cache-Control": "no-store"},
         )
 
+    async def live(websocket: WebSocket) -> None:
+        """A live feed for the example SPA: the server time and the token's expiry, every second.
+        The token is validated at the handshake (the BFF sent it; the browser never had it)."""
+        try:
+            claims = await api.validate(websocket, "GET")
+        except Unauthorized as exc:
+            api.rejected.append({"error": exc.error, "message": exc.message, "at": int(time.time())})
+            await websocket.close(code=1008, reason=exc.error)
+            return
+        api.record(claims, websocket.url.path)
+        await websocket.accept()
+        try:
+            while True:
+                now = int(time.time())
+                await websocket.send_json(
+                    {"server_time": now, "sub": claims["sub"], "token_expires_in": int(claims["exp"]) - now}
+                )
+                await asyncio.sleep(1.0)
+        except WebSocketDisconnect:
+            return
+
     async def not_found(request: Request) -> Response:
         claims = await guarded(request)
         if isinstance(claims, Response):
@@ -303,6 +331,7 @@ def create_app(config: ApiConfig | None = None) -> Starlette:
         Route("/api/whoami", whoami, methods=["GET"]),
         Route("/reports/whoami", whoami, methods=["GET"]),
         Route("/status/whoami", whoami, methods=["GET"]),
+        WebSocketRoute("/api/live", live),
         Route("/api/{rest:path}", not_found),
         Route("/reports/{rest:path}", not_found),
         Route("/healthz", healthz, methods=["GET"]),

@@ -155,6 +155,7 @@ function SignedInView({ user, onReload }: { user: User; onReload: () => Promise<
         </button>
       </section>
       <ApiPanel />
+      <LivePanel />
       <RouteTokensPanel />
       <SessionsPanel />
     </>
@@ -210,6 +211,55 @@ function ApiPanel() {
           <p data-testid="api-message">{result.message}</p>
           <pre>{JSON.stringify(result, null, 2)}</pre>
         </div>
+      )}
+    </section>
+  );
+}
+
+interface LiveTick {
+  server_time: number;
+  sub: string;
+  token_expires_in: number;
+}
+
+/** A WebSocket to the sample API through the BFF (/api/live): the browser's handshake carries
+ * only its cookie and Origin; the BFF adds the access token. It closes with 4401 when the
+ * session ends, wherever it ends. */
+function LivePanel() {
+  const [ticks, setTicks] = useState(0);
+  const [last, setLast] = useState<LiveTick | null>(null);
+  const [state, setState] = useState<"connecting" | "open" | "closed">("connecting");
+  const [closeCode, setCloseCode] = useState<number | null>(null);
+
+  useEffect(() => {
+    const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/live`;
+    const socket = new WebSocket(url);
+    socket.onopen = () => setState("open");
+    socket.onmessage = (event: MessageEvent<string>) => {
+      setLast(JSON.parse(event.data) as LiveTick);
+      setTicks((n) => n + 1);
+    };
+    socket.onclose = (event: CloseEvent) => {
+      setState("closed");
+      setCloseCode(event.code);
+    };
+    return () => socket.close(1000, "panel closed");
+  }, []);
+
+  return (
+    <section className="card" data-testid="live-panel" data-state={state} data-ticks={ticks}>
+      <div className="row">
+        <h2>Live (WebSocket)</h2>
+        <span className="muted" data-testid="live-state">
+          {state}
+          {closeCode !== null && ` (code ${closeCode}${closeCode === 4401 ? ": session ended" : ""})`}
+        </span>
+      </div>
+      {last && (
+        <p data-testid="live-last">
+          Server time {new Date(last.server_time * 1000).toLocaleTimeString()}; your access token expires in{" "}
+          {last.token_expires_in} s ({ticks} messages).
+        </p>
       )}
     </section>
   );

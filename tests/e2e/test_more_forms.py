@@ -172,3 +172,26 @@ def test_dpop_bound_tokens_sign_in_call_refresh_and_sign_out(
     page.wait_for_url(f"{stack.config.embedded_url}/")
     expect(page.get_by_test_id("signed-out")).to_be_visible()
     assert xhr(page, "/bff/user")["status"] == 401
+
+
+def test_the_live_panel_gets_messages_through_the_bff_and_stops_when_the_session_ends(
+    stack: Stack, contexts: Callable[[], BrowserContext]
+) -> None:
+    shots = Shots("9-websocket")
+    page = open_spa(contexts(), stack)
+    sign_in(page, stack, "alice")
+    panel = page.get_by_test_id("live-panel")
+    expect(panel).to_have_attribute("data-state", "open")
+    expect(page.get_by_test_id("live-last")).to_contain_text("Server time")
+    page.wait_for_function(
+        "() => Number(document.querySelector('[data-testid=live-panel]').dataset.ticks) >= 3", timeout=10_000
+    )
+    shots(page, "live-messages")
+    live = [s for s in api_seen(stack) if s["path"] == "/api/live"]
+    assert live and live[-1]["sub"] == stack.user_id("alice")  # the API validated the BFF's token
+    # The session ends without this page doing anything (an administrator signs alice out at
+    # Keycloak, which sends a back-channel logout): the BFF closes the socket with 4401.
+    assert stack.admin("POST", f"/users/{stack.user_id('alice')}/logout").status_code == 204
+    expect(panel).to_have_attribute("data-state", "closed", timeout=10_000)
+    expect(page.get_by_test_id("live-state")).to_contain_text("4401")
+    shots(page, "live-closed-by-logout")

@@ -132,8 +132,8 @@ def _check_dpop(
 ) -> tuple[int, list[tuple[bytes, bytes]], dict[str, Any] | None]:
     """(401 or 0, headers to add, the accepted proof's facts) for a DPoP-scheme request."""
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    if scheme != "DPoP":
+    auth_scheme, _, token = headers.get("authorization", "").partition(" ")
+    if auth_scheme != "DPoP":
         return 0, [], None
     DPOP.require_nonce = "/dpop-nonce/" in path or "/dpop-rotate/" in path
     url = f"{scheme}://{headers.get('host', '')}{path}"

@@ -341,3 +341,18 @@ async def test_graceful_shutdown_closes_sockets_with_1001(idp, redis_url, upstre
         await done(browser)
     finally:
         proc.stop()
+
+
+async def test_a_dpop_bound_token_goes_to_the_upstream_handshake_with_a_proof(
+    idp, redis_url, upstream, tmp_path
+):
+    idp.configure(dpop=True, dpop_required=True)
+    extra = {"BFF_API_ROUTES": routes(upstream), "BFF_DPOP": "true"}
+    with bff_processes(idp, redis_url, upstream, tmp_path, count=1, **extra) as procs:
+        browser, cookie = await login(procs[0].url)
+        ws = await open_ws(procs[0].url, "/api/ws/echo", cookie)
+        hello = json.loads(await ws.recv())
+        assert hello["headers"]["authorization"][0].startswith("DPoP ")
+        assert hello["dpop"] is not None and hello["dpop"]["jkt"]  # the upstream verified the proof
+        await ws.close()
+        await done(browser)
