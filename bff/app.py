@@ -24,6 +24,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
+from .dbsc import routes as dbsc
+from .dbsc.binding import DeviceBinding
 from .dpop import deployment_key
 from .error_handlers import handle_bff_error, handle_http_exception, handle_protocol_error, handle_unexpected
 from .errors import BFFError
@@ -148,11 +150,7 @@ class BFFApp:
     async def shutdown(self) -> None:
         self.sockets.close_all()  # 1001, if the server has not closed them already
         await self.sockets.drain()
-        for task in (self._loader, self._notices, self._sweeper):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_all([t for t in (self._loader, self._notices, self._sweeper) if t is not None])
         await self.proxy.stop()
         await self.services.http.aclose()
         await self.services.store.close()
@@ -174,6 +172,19 @@ class BFFApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.edge(scope, receive, send)
+
+
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel background tasks and wait for them, cancelling again those still running after
+    a moment: redis-py's pub/sub read can swallow a cancellation that races its own read
+    timeout, which left a shutdown waiting for ever."""
+    for _ in range(10):
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.5)
 
 
 def create_app(
@@ -220,6 +231,7 @@ def create_app(
     tokens = TokenManager(
         store, client, checks, settings.token_refresh_skew, metrics, clock, settings.revoke_on_logout
     )
+    binding = DeviceBinding(settings, store, cookies, metrics, tokens.end, clock)
     client_key = deployment_key(settings.secret_keys[0], settings.dpop_client_key) if settings.dpop else None
     services = Services(
         settings=settings,
@@ -232,7 +244,8 @@ def create_app(
         cookies=cookies,
         metrics=metrics,
         checks=checks,
-        gate=SessionGate(cookies, store),
+        gate=SessionGate(cookies, store, binding, tokens, settings.end_session_on_browser_change),
+        binding=binding,
         clock=clock,
     )
     proxy = Proxy(services)
@@ -248,6 +261,8 @@ def create_app(
         Route("/user", user.user, methods=["GET"]),
         Route("/sessions", sessions.sessions_collection, methods=["GET", "DELETE"]),
         Route("/sessions/{handle}", sessions.end_session, methods=["DELETE"]),
+        Route("/dbsc/register", dbsc.register, methods=["POST"]),
+        Route("/dbsc/refresh", dbsc.refresh, methods=["POST"]),
     ]
     routes: list[Any] = [
         Mount("/bff", routes=bff_routes),

@@ -144,7 +144,11 @@ class BFF:
             raise RuntimeError("the BFF is not started: pass lifespan=bff.lifespan to the host app")
         svc = self.app.services
         check_csrf(request.headers, svc.settings.public_url)
-        session = await svc.gate.session(request.headers.get("cookie", ""))
+        session = await svc.gate.session(
+            request.headers.get("cookie", ""),
+            skipped=request.headers.get("secure-session-skipped"),
+            user_agent=request.headers.get("user-agent", ""),
+        )
         if session is None:
             if required:
                 raise NotAuthenticated()

@@ -75,6 +75,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.dbsc = Counter(
+            "bff_dbsc_events",
+            "Device-bound sessions: registered, refreshed, refused, skipped_<reason>, theft_suspected ...",
+            ["event"],
+            registry=r,
+        )
         self.store_errors = Counter("bff_session_store_errors", "Session store (Redis) failures.", registry=r)
         self.sessions = Gauge(
             "bff_sessions_estimate",

@@ -82,6 +82,7 @@ class Edge:
         self.bff_headers = [
             (b"cache-control", b"no-store"),
             (b"pragma", b"no-cache"),
+            (b"x-frame-options", b"DENY"),  # /bff/* is never framed (DBSC endpoints included)
             (b"x-content-type-options", b"nosniff"),
             (b"referrer-policy", b"no-referrer"),
         ]

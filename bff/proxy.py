@@ -260,8 +260,19 @@ class Proxy:
         policy = route.config.token
         session = None
         if policy not in ("none", "client"):
-            cookies = [v.decode("latin-1") for k, v in scope["headers"] if k == b"cookie"]
-            session = await self.svc.gate.session("; ".join(cookies))
+            cookies = []
+            skipped = user_agent = None
+            for k, v in scope["headers"]:
+                if k == b"cookie":
+                    cookies.append(v.decode("latin-1"))
+                elif k == b"secure-session-skipped":
+                    skipped = v.decode("latin-1")
+                elif k == b"user-agent":
+                    user_agent = v.decode("latin-1")
+            gate = self.svc.gate
+            session = await gate.session(
+                "; ".join(cookies), skipped=skipped, user_agent=user_agent if gate.wants_user_agent else None
+            )
         return session, await self.svc.route_tokens.credential(route.config, session)
 
     def target(self, route: Route, scope: Scope) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from .dbsc.binding import DeviceBinding
 from .gate import SessionGate
 from .metrics import Metrics
 from .oidc.client import OIDCClient
@@ -32,4 +33,5 @@ class Services:
     metrics: Metrics
     checks: Expectations
     gate: SessionGate
+    binding: DeviceBinding
     clock: Callable[[], float] = field(default=time.time)

@@ -73,6 +73,10 @@ SETTINGS_DOC: dict[str, str] = {
     "BFF_TOKEN_REFRESH_SKEW": "refresh ahead of expiry",
     "BFF_ASSUMED_TOKEN_LIFETIME": "lifetime of a token whose response has no expires_in",
     "BFF_RETRY_BODY_LIMIT": "largest request body buffered so a proxied call can be retried",
+    "BFF_DEVICE_BOUND_SESSIONS": "DBSC mode",
+    "BFF_DBSC_COOKIE_TTL": "lifetime of the DBSC bound cookie",
+    "BFF_DBSC_REGISTRATION_GRACE": "time to bind a session under required",
+    "BFF_END_SESSION_ON_BROWSER_CHANGE": "end a session whose browser family changes",
     "BFF_WS_MAX_PER_SESSION": "open WebSockets per session",
     "BFF_WS_MAX_PER_PROCESS": "open WebSockets per process",
     "BFF_WS_MAX_MESSAGE_SIZE": "largest WebSocket message",
@@ -155,6 +159,10 @@ class Settings:
     token_refresh_skew: int = 60
     assumed_token_lifetime: int = 300
     retry_body_limit: int = 65536
+    device_bound_sessions: Literal["off", "optional", "required"] = "off"
+    dbsc_cookie_ttl: int = 600
+    dbsc_registration_grace: int = 60
+    end_session_on_browser_change: bool = False
     ws_max_per_session: int = 16
     ws_max_per_process: int = 10000
     ws_max_message_size: int = 1048576
@@ -603,6 +611,12 @@ def _browser(r: _Reader, public_url: str, allow_http: bool) -> Values:
         "post_logout_redirect_uri": post_logout,
         "cookie_name": cookie_name,
         "cookie_samesite": r.choice("BFF_COOKIE_SAMESITE", "lax", ("lax", "strict")),
+        "device_bound_sessions": r.choice(
+            "BFF_DEVICE_BOUND_SESSIONS", "off", ("off", "optional", "required")
+        ),
+        "dbsc_cookie_ttl": r.integer("BFF_DBSC_COOKIE_TTL", 600, minimum=10, maximum=86400),
+        "dbsc_registration_grace": r.integer("BFF_DBSC_REGISTRATION_GRACE", 60, minimum=5, maximum=3600),
+        "end_session_on_browser_change": r.boolean("BFF_END_SESSION_ON_BROWSER_CHANGE", False),
     }
     static_raw = r.raw("BFF_STATIC_DIR")
     if static_raw:

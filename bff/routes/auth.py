@@ -32,10 +32,10 @@ from ..oidc.validation import (
 from ..security.cookies import binding_hash
 from ..security.csrf import check_csrf
 from ..security.redirects import safe_return_to
+from ..security.user_agents import user_agent_summary
 from ..services import Services
 from ..session.models import LoginTransaction, Session, logout_sid, new_session_id
 from .common import client_ip, current_session, revoke_tokens, services
-from .sessions import user_agent_summary
 
 audit = logging.getLogger("bff.audit")
 log = logging.getLogger("bff.auth")
@@ -138,7 +138,11 @@ async def callback(request: Request) -> Response:
     cookies = [svc.cookies.set_session(session.id)]
     if await svc.store.pending_logins(tx.browser_binding) == 0:
         cookies.append(svc.cookies.clear_login())  # no other tab of this browser is signing in
-    return _redirect(svc.settings.public_url + tx.return_to, *cookies)
+    response = _redirect(svc.settings.public_url + tx.return_to, *cookies)
+    offer = await svc.binding.offer(session)  # DBSC: the response that creates the session offers it
+    if offer is not None:
+        response.headers["secure-session-registration"] = offer
+    return response
 
 
 async def _stray_callback(
@@ -147,7 +151,7 @@ async def _stray_callback(
     """A callback whose login this browser cannot complete (used or expired state, no or
     another login-binding cookie). A browser that is signed in already (a second tab's
     late callback, a replayed callback URL) goes back to the app; any other is refused."""
-    if await current_session(request, touch=False) is not None:
+    if await current_session(request, touch=False, enforce=False) is not None:
         log.info("callback for a browser that is signed in already; back to the application")
         cookies = []
         if binding is not None and await svc.store.pending_logins(binding_hash(binding)) == 0:
@@ -220,7 +224,7 @@ async def _start_session(
     """A new session (never the browser's previous one: session fixation), within the
     per-user limit; the sessions the limit ends are revoked."""
     now = int(svc.clock())
-    previous = await current_session(request, touch=False)
+    previous = await current_session(request, touch=False, enforce=False)
     if previous is not None:
         await svc.store.delete(previous.id)
     assert tokens.id_token is not None
@@ -300,7 +304,7 @@ async def logout(request: Request) -> Response:
     svc = services(request)
     if request.method == "POST":
         check_csrf(request.headers, svc.settings.public_url)
-    session = await current_session(request, touch=False)
+    session = await current_session(request, touch=False, enforce=False)  # ending is never gated
     post_logout = svc.settings.post_logout_redirect_uri
     if session is None:
         return _redirect(post_logout, svc.cookies.clear_session())
@@ -321,9 +325,15 @@ async def logout(request: Request) -> Response:
         url = await svc.client.end_session_url(session.id_token, landing, state)
     except (IdPUnavailable, OIDCError):
         url = None
-    if url is None:  # no RP-initiated logout at the IdP: straight to the final landing
-        return _redirect(post_logout, svc.cookies.clear_session())
-    return _redirect(url, svc.cookies.clear_session(), state_cookie)
+    response = (
+        _redirect(post_logout, svc.cookies.clear_session())  # no RP-initiated logout at the IdP
+        if url is None
+        else _redirect(url, svc.cookies.clear_session(), state_cookie)
+    )
+    if session.dbsc_key:  # DBSC: the bound cookie goes, and the browser should drop its session
+        response.headers.append("set-cookie", svc.cookies.clear_bound())
+        response.headers["clear-site-data"] = '"cookies"'
+    return response
 
 
 async def post_logout(request: Request) -> Response:

@@ -21,9 +21,17 @@ def client_ip(request: Request) -> str:
     return ip
 
 
-async def current_session(request: Request, touch: bool = True) -> Session | None:
-    """The caller's live session, or None (no cookie, bad signature, ended or expired)."""
-    return await services(request).gate.session(request.headers.get("cookie", ""), touch)
+async def current_session(request: Request, touch: bool = True, enforce: bool = True) -> Session | None:
+    """The caller's live session, or None (no cookie, bad signature, ended or expired); with
+    ``enforce``, refused when its device binding or browser check fails (gate.py)."""
+    headers = request.headers
+    return await services(request).gate.session(
+        headers.get("cookie", ""),
+        touch,
+        enforce=enforce,
+        skipped=headers.get("secure-session-skipped"),
+        user_agent=headers.get("user-agent", ""),
+    )
 
 
 async def require_session(request: Request) -> Session:

@@ -6,7 +6,6 @@ handle only matches among the caller's own sessions.
 from __future__ import annotations
 
 import logging
-import re
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -16,41 +15,6 @@ from ..session.models import Session, public_handle
 from .common import require_session, revoke_tokens, services
 
 audit = logging.getLogger("bff.audit")
-
-_BROWSERS = [
-    ("Edg/", "Edge"),
-    ("OPR/", "Opera"),
-    ("Firefox/", "Firefox"),
-    ("Chrome/", "Chrome"),
-    ("Chromium/", "Chromium"),
-    ("Safari/", "Safari"),
-    ("curl/", "curl"),
-    ("python-httpx", "httpx"),
-]
-_SYSTEMS = [
-    ("Android", "Android"),
-    ("iPhone", "iOS"),
-    ("iPad", "iPadOS"),
-    ("Windows", "Windows"),
-    ("Mac OS X", "macOS"),
-    ("CrOS", "ChromeOS"),
-    ("Linux", "Linux"),
-]
-
-
-def user_agent_summary(ua: str) -> str:
-    """'Chrome on Linux' - enough to recognise a device, without fingerprint detail."""
-    if not ua:
-        return "unknown"
-    browser = next((name for marker, name in _BROWSERS if marker in ua), None)
-    system = next((name for marker, name in _SYSTEMS if marker in ua), None)
-    if "HeadlessChrome" in ua:
-        browser = "Headless Chrome"
-    if browser and system:
-        return f"{browser} on {system}"
-    if browser or system:
-        return str(browser or system)
-    return re.sub(r"[^\w ./-]", "", ua.split(" ")[0])[:40] or "unknown"
 
 
 def _describe(s: Session, current: Session, idle: int) -> dict[str, object]:

@@ -13,7 +13,7 @@ async def user(request: Request) -> Response:
     svc = services(request)
     session = await require_session(request)
     idle = svc.settings.session_idle_timeout
-    return JSONResponse(
+    response = JSONResponse(
         {
             "sub": session.sub,
             "claims": session.claims,
@@ -26,5 +26,10 @@ async def user(request: Request) -> Response:
                 "access_token_expires_at": session.access_expires_at or None,
             },
             "logout_url": f"/bff/logout?sid={logout_sid(session.id)}",
+            **({"device_binding": svc.binding.state(session)} if svc.binding.enabled else {}),
         }
     )
+    offer = await svc.binding.offer(session)  # DBSC: repeated while the session is unbound
+    if offer is not None:
+        response.headers["secure-session-registration"] = offer
+    return response

@@ -81,6 +81,8 @@ class Cookies:
         secure = settings.secure_cookies
         self.login_name = ("__Host-Http-" if secure else "") + "bff_login"
         self.logout_name = ("__Host-Http-" if secure else "") + "bff_logout"
+        self.bound_name = ("__Host-Http-" if secure else "") + "bff_bound"
+        self._bound_max_age = settings.dbsc_cookie_ttl
         self._secure = secure
         self._samesite = settings.cookie_samesite
         self._max_age = settings.session_absolute_timeout
@@ -132,6 +134,20 @@ class Cookies:
 
     def clear_logout(self) -> str:
         return self._header(self.logout_name, "", 0, "lax")
+
+    def bound_value(self, cookie_header: str) -> str | None:
+        return read_cookie(cookie_header, self.bound_name)
+
+    def set_bound(self, value: str) -> str:
+        """The DBSC bound cookie: HttpOnly, Secure on https, SameSite as the session cookie."""
+        return self._header(self.bound_name, value, self._bound_max_age, self._samesite)
+
+    def clear_bound(self) -> str:
+        return self._header(self.bound_name, "", 0, self._samesite)
+
+    def bound_attributes(self) -> str:
+        """The bound cookie's Set-Cookie attributes, as DBSC session instructions name them."""
+        return self.set_bound("x").split(";", 1)[1].strip()
 
 
 def binding_hash(value: str) -> str:

@@ -95,6 +95,10 @@ class Session:
     # the scheme its access token was issued for.
     dpop_key: str | None = field(default=None, repr=False)
     access_token_type: str = "Bearer"  # noqa: S105 - a scheme name
+    # DBSC: the device key the browser registered (public JWK and thumbprint, JSON) and the
+    # opaque DBSC session identifier handed to the browser; None while unbound.
+    dbsc_key: str | None = field(default=None, repr=False)
+    dbsc_id: str | None = None
     _claims: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:  # never print tokens
@@ -166,6 +170,8 @@ class Session:
             body["k"] = self.dpop_key
         if self.access_token_type != "Bearer":  # noqa: S105
             body["y"] = self.access_token_type
+        if self.dbsc_key:
+            body["b"] = [self.dbsc_key, self.dbsc_id]
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
@@ -189,6 +195,8 @@ class Session:
             route_tokens={k: RouteToken.decode(v) for k, v in body.get("t", {}).items()},
             dpop_key=body.get("k"),
             access_token_type=body.get("y", "Bearer"),
+            dbsc_key=body["b"][0] if "b" in body else None,
+            dbsc_id=body["b"][1] if "b" in body else None,
         )
 
 

@@ -88,7 +88,9 @@ async def subscribe(client: Any, notices: Notices, retry_cap: float = 5.0) -> No
                 log.warning("session notices link lost; reconnecting", extra={"error": type(exc).__name__})
             notices.link(False)
         finally:
-            with contextlib.suppress(Exception):  # the connection is gone already
-                await pubsub.aclose()
+            # Bounded: a subscription cancelled mid-read must not hang the shutdown.
+            with contextlib.suppress(Exception, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await pubsub.aclose()
         await asyncio.sleep(delay)
         delay = min(delay * 2, retry_cap)

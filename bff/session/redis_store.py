@@ -11,6 +11,8 @@ Keys (every command touches one key, so Cluster needs no hash tags):
     bff:j:<hash(jti)>       seen logout-token ids
     bff:l:<name>            locks
     bff:v:<name>            encrypted values every process shares (the BFF's client tokens)
+    bff:dc:<hash(challenge)>  a DBSC challenge's owner (single use: GETDEL)
+    bff:dco:<owner>         the owner's latest DBSC challenge (hash), to shorten the one before
     bff:all                 ZSET session id -> absolute expiry: the cheap count for metrics
 
 A proxied request costs one round trip: a Lua script reads the session and slides its
@@ -511,6 +513,22 @@ class RedisStore(SessionStore):
     async def pending_logins(self, browser_binding: str) -> int:
         count = await self._guard(self.r.zcount(f"bff:tn:{browser_binding}", f"({self.now()}", "+inf"))
         return int(count)
+
+    # --- DBSC challenges ---------------------------------------------------------------
+    async def issue_challenge(self, owner: str, challenge: str, ttl: int, previous_ttl: int) -> None:
+        async def run() -> None:
+            previous = await self.r.set(f"bff:dco:{owner}", _h(challenge), ex=ttl, get=True)
+            pipe = self.r.pipeline(transaction=False)
+            pipe.set(f"bff:dc:{_h(challenge)}", owner, ex=ttl)
+            if isinstance(previous, bytes):
+                pipe.expire(f"bff:dc:{previous.decode()}", previous_ttl, lt=True)
+            await pipe.execute()
+
+        await self._guard(run())
+
+    async def take_challenge(self, challenge: str) -> str | None:
+        owner = await self._guard(self.r.getdel(f"bff:dc:{_h(challenge)}"))
+        return owner.decode() if owner else None
 
     # --- shared values --------------------------------------------------------------
     async def load_shared(self, name: str) -> bytes | None:

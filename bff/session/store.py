@@ -88,6 +88,16 @@ class SessionStore(ABC):
     async def pending_logins(self, browser_binding: str) -> int:
         """Unexpired logins a browser has started and not finished."""
 
+    # --- DBSC challenges ---------------------------------------------------------------
+    @abstractmethod
+    async def issue_challenge(self, owner: str, challenge: str, ttl: int, previous_ttl: int) -> None:
+        """Remember ``challenge`` for ``owner`` for ``ttl`` seconds; the owner's previous one
+        keeps at most ``previous_ttl`` seconds."""
+
+    @abstractmethod
+    async def take_challenge(self, challenge: str) -> str | None:
+        """The owner of an unexpired challenge, which is then used up; None otherwise."""
+
     # --- shared values --------------------------------------------------------------
     @abstractmethod
     async def load_shared(self, name: str) -> bytes | None:
@@ -163,6 +173,8 @@ class MemoryStore(SessionStore):
         self._jti: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._shared: dict[str, tuple[bytes, int]] = {}
+        self._challenges: dict[str, tuple[str, float]] = {}
+        self._current_challenge: dict[str, str] = {}
 
     def _live(self, session_id: str) -> Session | None:
         s = self._sessions.get(session_id)
@@ -240,6 +252,20 @@ class MemoryStore(SessionStore):
     async def pending_logins(self, browser_binding: str) -> int:
         self._purge()
         return sum(1 for t, _ in self._tx.values() if t.browser_binding == browser_binding)
+
+    async def issue_challenge(self, owner: str, challenge: str, ttl: int, previous_ttl: int) -> None:
+        now = self.clock()
+        self._challenges = {c: e for c, e in self._challenges.items() if e[1] > now}
+        previous = self._current_challenge.get(owner)
+        if previous in self._challenges:
+            who, expiry = self._challenges[previous]
+            self._challenges[previous] = (who, min(expiry, now + previous_ttl))
+        self._challenges[challenge] = (owner, now + ttl)
+        self._current_challenge[owner] = challenge
+
+    async def take_challenge(self, challenge: str) -> str | None:
+        entry = self._challenges.pop(challenge, None)
+        return entry[0] if entry and entry[1] > self.clock() else None
 
     async def load_shared(self, name: str) -> bytes | None:
         entry = self._shared.get(name)

@@ -194,6 +194,17 @@ class TokenManager:
         await self.store.delete(session.id)
         audit.info("session ended", extra={"event": "session_ended", "reason": why, "sub": session.sub})
 
+    async def end(self, session: Session, why: str) -> None:
+        """End a session like a logout does: gone from the store, its grant revoked (RFC
+        7009, unless BFF_REVOKE_ON_LOGOUT=false), an audit event saying why."""
+        await self._end(session, why)
+        token, hint = (
+            (session.refresh_token, "refresh_token")
+            if session.refresh_token
+            else (session.access_token, "access_token")
+        )
+        await revoke_token(self.client, token, hint, self.revoke)
+
 
 async def revoke_token(client: OIDCClient, token: str, hint: str, enabled: bool = True) -> None:
     """RFC 7009, best effort: the session is gone locally whatever the IdP answers."""

@@ -163,7 +163,7 @@ def test_sign_in_shows_claims_and_calls_the_api(stack: Stack, contexts: Callable
     shots(page, "api-answer")
 
     # The sample API validated (signature, iss, aud, exp) an access token of this user.
-    seen = [s for s in api_seen(stack) if s["jti"] == answer["token"]["jti"]]
+    seen = [s for s in api_seen(stack) if s["jti"] == answer["token"]["jti"] and s["path"] == "/api/whoami"]
     assert len(seen) == 1
     assert seen[0]["sub"] == sub
     assert seen[0]["preferred_username"] == "alice"
