@@ -92,6 +92,9 @@ class StackConfig:
     # The example host app with the BFF embedded (examples/fastapi_host): not started by the
     # demo, but registered at Keycloak so it can sign in too (the end-to-end test runs it).
     embedded_port: int = 8082
+    # An https origin registered at Keycloak too (DBSC needs https in Chrome): the end-to-end
+    # test serves a BFF there with a test certificate; the demo does not use it.
+    secure_port: int = 8443
     dpop: bool = False  # DEMO_DPOP=1: DPoP-bound tokens (the realm's bff-dpop client)
     # Extra BFF_* settings (tests shorten timers with them); they win over the defaults.
     bff_overrides: Mapping[str, str] = field(default_factory=dict)
@@ -140,6 +143,10 @@ class StackConfig:
         return f"http://localhost:{self.embedded_port}"
 
     @property
+    def secure_url(self) -> str:
+        return f"https://localhost:{self.secure_port}"
+
+    @property
     def api_url(self) -> str:
         return f"http://localhost:{self.api_port}"
 
@@ -185,6 +192,7 @@ class StackConfig:
             # Placeholders in keycloak/realm-demo.json, resolved by Keycloak at import.
             "DEMO_BFF_URL": self.public_url,
             "DEMO_EMBEDDED_URL": self.embedded_url,
+            "DEMO_SECURE_URL": self.secure_url,
             "DEMO_BACKCHANNEL_LOGOUT_URL": f"{self.public_url}/bff/backchannel-logout",
         }
 
@@ -543,6 +551,7 @@ def config_for_tests(log_dir: Path, **overrides: str) -> StackConfig:
         api_port=free_port(taken),
         redis_port=free_port(taken),
         embedded_port=free_port(taken),
+        secure_port=free_port(taken),
         bff_overrides=dict(overrides),
         api_debug=True,
         log_dir=log_dir,

@@ -253,12 +253,11 @@ def test_realm_agrees_with_both() -> None:
     assert not client["publicClient"]
     default_bff = "${DEMO_BFF_URL:" + config.public_url + "}"
     default_embedded = "${DEMO_EMBEDDED_URL:" + config.embedded_url + "}"
-    assert client["redirectUris"] == [f"{default_bff}/bff/callback", f"{default_embedded}/bff/callback"]
+    default_secure = "${DEMO_SECURE_URL:" + config.secure_url + "}"
+    origins = (default_bff, default_embedded, default_secure)
+    assert client["redirectUris"] == [f"{o}/bff/callback" for o in origins]
     attrs = client["attributes"]
-    assert (
-        attrs["post.logout.redirect.uris"]
-        == f"{default_bff}/bff/post-logout##{default_embedded}/bff/post-logout"
-    )
+    assert attrs["post.logout.redirect.uris"] == "##".join(f"{o}/bff/post-logout" for o in origins)
     # Token exchange for the reports API's audience and the BFF's own client credentials.
     assert attrs["standard.token.exchange.enabled"] == "true" and client["serviceAccountsEnabled"]
     assert native.REPORTS_AUDIENCE in client["optionalClientScopes"]

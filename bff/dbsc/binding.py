@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..errors import BadRequest, NotAuthenticated, ServiceUnavailable
 from ..security.cookies import Cookies
@@ -32,6 +33,9 @@ REGISTER_PATH = "/bff/dbsc/register"
 REFRESH_PATH = "/bff/dbsc/refresh"
 CHALLENGE_TTL = 300  # seconds a challenge lives
 PREVIOUS_TTL = 60  # seconds the previous challenge still counts once a new one is issued
+# Requests the browser sent while its registration was in flight carry no bound cookie yet
+# (Chrome 156 loads an SPA's next calls in parallel): those few seconds they still pass.
+REGISTRATION_RACE = 10
 
 
 class DeviceBindingRequired(NotAuthenticated):
@@ -58,6 +62,7 @@ class DeviceBinding:
         self.metrics = metrics
         self.end_session = end_session  # ends a session like a logout (revocation included)
         self.clock = clock
+        self.race_window = REGISTRATION_RACE
 
     @property
     def enabled(self) -> bool:
@@ -92,10 +97,13 @@ class DeviceBinding:
         if skipped:
             self._count_skips(skipped)
         if session.dbsc_key:
-            if not self.bound.valid(self.cookies.bound_value(cookie_header), session.id, self._jkt(session)):
-                self.metrics.dbsc.labels("refused").inc()
-                raise DeviceBindingRequired()
-            return
+            value = self.cookies.bound_value(cookie_header)
+            if self.bound.valid(value, session.id, self._jkt(session)):
+                return
+            if value is None and self.clock() < self._bound_at(session) + self.race_window:
+                return  # sent before the browser had its first bound cookie
+            self.metrics.dbsc.labels("refused").inc()
+            raise DeviceBindingRequired()
         deadline = self.deadline(session)
         if deadline is not None and self.clock() > deadline:
             self.metrics.dbsc.labels("unbound_ended").inc()
@@ -111,6 +119,10 @@ class DeviceBinding:
     def _jkt(session: Session) -> str:
         return str(json.loads(session.dbsc_key or "{}").get("jkt", ""))
 
+    @staticmethod
+    def _bound_at(session: Session) -> float:
+        return float(json.loads(session.dbsc_key or "{}").get("at", 0))
+
     # --- registration ---------------------------------------------------------------------
     async def register(
         self, session: Session, response_header: str | None
@@ -121,7 +133,7 @@ class DeviceBinding:
         proof, key = self._registration_proof(response_header)
         if await self.store.take_challenge(proof.challenge) != public_handle(session.id):
             raise BadRequest("The proof answers no challenge issued to this session.", code="dbsc_challenge")
-        public = {"jwk": key.as_dict(private=False), "jkt": key.thumbprint()}
+        public = {"jwk": key.as_dict(private=False), "jkt": key.thumbprint(), "at": int(self.clock())}
         identifier = "dbsc-" + secrets.token_urlsafe(12)  # opaque: not the session id
         bound = await self._save(session, json.dumps(public, separators=(",", ":")), identifier)
         self.metrics.dbsc.labels("registered").inc()
@@ -157,7 +169,7 @@ class DeviceBinding:
     def instructions(self, identifier: str) -> dict[str, Any]:
         """The session instructions (DBSC §format-session-instructions): scope = this origin,
         the DBSC endpoints and logout excluded, the bound cookie as the credential."""
-        host = self.origin.split("://", 1)[1]
+        host = urlsplit(self.origin).hostname or ""  # a host pattern: no port
         return {
             "session_identifier": identifier,
             "refresh_url": REFRESH_PATH,

@@ -81,7 +81,11 @@ class Cookies:
         secure = settings.secure_cookies
         self.login_name = ("__Host-Http-" if secure else "") + "bff_login"
         self.logout_name = ("__Host-Http-" if secure else "") + "bff_logout"
-        self.bound_name = ("__Host-Http-" if secure else "") + "bff_bound"
+        # ``__Host-``, not ``__Host-Http-``: Chromium (156) refuses DBSC credentials whose
+        # cookie carries the ``__Host-Http-`` prefix on a named host (its cookie craving keeps
+        # the Domain only ``__Host-`` drops), and the bound cookie exists for DBSC browsers.
+        # Still HttpOnly, Secure, Path=/ and host-only; its value is checked server-side.
+        self.bound_name = ("__Host-" if secure else "") + "bff_bound"
         self._bound_max_age = settings.dbsc_cookie_ttl
         self._secure = secure
         self._samesite = settings.cookie_samesite
@@ -146,8 +150,13 @@ class Cookies:
         return self._header(self.bound_name, "", 0, self._samesite)
 
     def bound_attributes(self) -> str:
-        """The bound cookie's Set-Cookie attributes, as DBSC session instructions name them."""
-        return self.set_bound("x").split(";", 1)[1].strip()
+        """The bound cookie's Set-Cookie attributes, as DBSC session instructions name them.
+
+        Without Max-Age: Chrome refuses session instructions whose cookie attributes name
+        a lifetime (``InvalidCredentialsCookieUnpermittedAttribute``); lifetime is ours to
+        set on each refresh, the instructions only say which cookie to expect."""
+        attributes = self.set_bound("x").split(";")[1:]
+        return "; ".join(a.strip() for a in attributes if not a.strip().lower().startswith("max-age"))
 
 
 def binding_hash(value: str) -> str:
