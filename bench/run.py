@@ -329,6 +329,54 @@ def section_websocket(stack: Stack, results: dict[str, Any]) -> None:
     results["websocket"] = {"direct": direct, "bff": through}
 
 
+async def _bound_login(url: str) -> str:
+    """Sign in and register a DBSC key with the scripted DBSC browser; the cookie header of
+    the bound session (session and bound cookie)."""
+    from tests.dbsc_client import DbscClient
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        browser = Browser(client, url)
+        dbsc = DbscClient(browser)
+        registered = await dbsc.register(await browser.login())
+        assert registered.status_code == 200, registered.text
+        await browser.aclose()
+        return browser._cookie_header()["cookie"]
+
+
+def _redis_commands(redis: RedisServer) -> int:
+    info = redis.cli("INFO", "stats")
+    return int(re.search(r"total_commands_processed:(\d+)", info).group(1))  # type: ignore[union-attr]
+
+
+def section_dbsc(stack: Stack, results: dict[str, Any]) -> None:
+    """The proxied call on a device-bound session (DBSC optional, key registered, the bound
+    cookie checked on every call) vs DBSC off, same run; Redis commands per call show the
+    bound-cookie check costs no store round trip."""
+    log("== dbsc: proxied calls on a device-bound session vs DBSC off")
+    figures = {}
+    for name, extra in (("off", {}), ("bound", {"BFF_DEVICE_BOUND_SESSIONS": "optional"})):
+        bff = stack.bff(**extra)
+        cookie = asyncio.run(_bound_login(bff.url) if extra else login(bff.url))
+        headers = {"Cookie": cookie, "X-CSRF": "1"}
+        wrk(f"{bff.url}/api/bench", headers, duration=2)
+        assert bff.proc is not None
+        cpu0, commands0 = cpu_seconds(bff.proc.pid), _redis_commands(stack.redis)
+        r = wrk(f"{bff.url}/api/bench", headers)
+        r["cpu_us"] = (cpu_seconds(bff.proc.pid) - cpu0) / r["requests"] * 1e6
+        r["redis_per_call"] = (_redis_commands(stack.redis) - commands0 - 1) / r["requests"]
+        figures[name] = r
+        stack.stop(bff)
+        log(
+            f"  {name:<8}        {fmt(r)}   CPU {r['cpu_us']:.0f} us/request   "
+            f"Redis commands/call {r['redis_per_call']:.3f}   non-2xx {r['non2xx']}"
+        )
+    log(
+        f"  req/s ratio bound/off {figures['bound']['rps'] / figures['off']['rps']:.3f}; Redis commands per "
+        f"call {figures['bound']['redis_per_call']:.3f} vs {figures['off']['redis_per_call']:.3f}"
+    )
+    results["dbsc"] = figures
+
+
 def section_workers(stack: Stack, results: dict[str, Any]) -> None:
     log("== workers: BFF_WORKERS=2 vs one process")
     direct = wrk(f"{stack.upstream.url}/bench")
@@ -581,6 +629,7 @@ SECTIONS = {
     "embedded": section_embedded,
     "dpop": section_dpop,
     "websocket": section_websocket,
+    "dbsc": section_dbsc,
     "workers": section_workers,
     "clients": section_clients,
     "login": section_login,
