@@ -6,7 +6,6 @@ against the test provider, sessions in Redis, the access token forwarded upstrea
                                           into .cache/go (nothing under $HOME), once
     OAuth2Proxy(provider, redis_url, upstream_url)   a Proc: start() waits for /ping, /ready
     await login(proxy.url) -> str         the Cookie header value of a logged-in browser
-    section_oauth2_proxy(stack, results)  the benchmark section (wrk direct vs through it)
 
 Configuration notes (checked against the v7.15.6 source):
 
@@ -30,7 +29,6 @@ Configuration notes (checked against the v7.15.6 source):
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -43,7 +41,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urljoin
 
@@ -282,58 +279,3 @@ async def verify(url: str, cookie: str) -> dict[str, Any]:
     if header.get("typ") != "at+jwt":  # the provider's access tokens; ID tokens are "JWT"
         raise RuntimeError(f"the Bearer token is not the access token: {header}")
     return dict(payload)
-
-
-# --- the benchmark section ------------------------------------------------------------
-def _suite() -> ModuleType:
-    """bench/run.py as loaded: ``__main__`` when it runs as a script (its DURATION is the
-    one main() set), else the module ``bench.run``. Imported lazily: run.py imports us."""
-    main = sys.modules.get("__main__")
-    if main is not None and all(hasattr(main, n) for n in ("wrk", "cpu_seconds", "fmt", "log", "Stack")):
-        return main
-    from bench import run
-
-    return run
-
-
-def section_oauth2_proxy(stack: Any, results: dict[str, Any], suite: ModuleType | None = None) -> None:
-    s = suite or _suite()
-    s.log(
-        f"== oauth2-proxy {VERSION}: through oauth2-proxy vs straight to the upstream (wrk, "
-        f"{s.CONNECTIONS} connections, {s.DURATION} s each)"
-    )
-    try:
-        binary = install()
-    except (OSError, RuntimeError) as exc:
-        s.log(f"  not measured: {exc}")
-        return
-    proxy = OAuth2Proxy(stack.provider, stack.redis.url, stack.upstream.url, binary=binary)
-    proxy.start()
-    try:
-        cookie = asyncio.run(login(proxy.url))
-        headers = {"Cookie": cookie}
-        s.wrk(f"{proxy.url}/bench", headers, duration=2)  # warm-up: connection pools
-        direct = s.wrk(f"{stack.upstream.url}/bench")
-        assert proxy.proc is not None
-        cpu0 = s.cpu_seconds(proxy.proc.pid)
-        through = s.wrk(f"{proxy.url}/bench", headers)
-        cpu = s.cpu_seconds(proxy.proc.pid) - cpu0
-    finally:
-        proxy.stop()
-    cpu_us = cpu / through["requests"] * 1e6
-    s.log(f"  direct          {s.fmt(direct)}")
-    s.log(f"  oauth2-proxy    {s.fmt(through)}   non-2xx {through['non2xx']}")
-    s.log(f"  ratio oauth2-proxy/direct req/s: {through['rps'] / direct['rps']:.3f}")
-    s.log(f"  oauth2-proxy CPU per proxied request: {cpu_us:.0f} us (process CPU time / requests)")
-    bff = results.get("proxy")
-    if bff:
-        s.log(
-            f"  BFF vs oauth2-proxy (this run): req/s {bff['bff']['rps'] / through['rps']:.2f} x, "
-            f"CPU per request {bff['cpu_us'] / cpu_us:.2f} x"
-        )
-    results["oauth2_proxy"] = {
-        "version": VERSION,
-        "direct": direct,
-        "oauth2_proxy": through,
-        "cpu_us": cpu_us,
-    }

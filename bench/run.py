@@ -171,39 +171,93 @@ async def login(url: str, user: str = "alice", public: str | None = None) -> str
 
 
 # --- sections ----------------------------------------------------------------------
+def _loaded(stack: Stack, url: str, headers: dict[str, str], pid: int) -> dict[str, float]:
+    """One wrk run after a warm-up, with the CPU each process tree took per request: the
+    proxy measured (all its workers), the upstream and Redis."""
+    wrk(url, headers, duration=2)  # warm-up: pools, caches
+    others = {"upstream": stack.upstream.proc, "redis": stack.redis.proc}
+    pids = {"proxy": pid, **{k: p.pid for k, p in others.items() if p is not None}}
+    before = {k: cpu_seconds(v) for k, v in pids.items()}
+    r = wrk(url, headers)
+    for k, v in pids.items():
+        r[f"cpu_{k}_us"] = (cpu_seconds(v) - before[k]) / r["requests"] * 1e6
+    r["cpu_us"] = r["cpu_proxy_us"]
+    return r
+
+
+def _half_load(url: str, headers: dict[str, str], full_rps: float) -> dict[str, float]:
+    """p50/p99 at about half the full load. wrk paces each connection by a delay between a
+    response and the next request, so the rate is conns / (delay + latency): a short probe
+    measures the latency at that pace, the real run subtracts it."""
+    period = CONNECTIONS / (full_rps / 2) * 1000
+    probe = wrk(url, headers, delay_ms=period, duration=3)
+    latency = max(CONNECTIONS / probe["rps"] * 1000 - period, 0.0)
+    return wrk(url, headers, delay_ms=period - latency)
+
+
+def _row(name: str, r: dict[str, float]) -> str:
+    cpu = f"{r['cpu_us']:6.0f}" if "cpu_us" in r else "     -"
+    return (
+        f"  {name:<16}{r['rps']:8.0f} {r['p50']:7.2f} {r['p99']:7.2f}  {cpu}"
+        f"  {r.get('cpu_upstream_us', 0):6.0f}  {r.get('cpu_redis_us', 0):6.0f}   {r['non2xx']}"
+    )
+
+
 def section_proxy(stack: Stack, results: dict[str, Any]) -> None:
+    """Straight to the upstream, through oauth2-proxy (configured like the BFF, see
+    bench/oauth2_proxy.py) and through the BFF with one process and with BFF_WORKERS=2, in
+    one run, side by side."""
+    from bench import oauth2_proxy
+
     log(
-        "== proxy: through the BFF vs straight to the upstream (wrk, "
-        f"{CONNECTIONS} connections, {DURATION} s each)"
+        f"== proxy: direct vs oauth2-proxy {oauth2_proxy.VERSION} vs the BFF (1 process, 2 workers); wrk "
+        f"{CONNECTIONS} connections, {DURATION} s each, CPU per request of each process tree"
     )
-    bff = stack.bff()
-    cookie = asyncio.run(login(bff.url))
-    headers = {"Cookie": cookie, "X-CSRF": "1"}
-    wrk(f"{bff.url}/api/bench", headers, duration=2)  # warm-up: pools, caches
-    direct = wrk(f"{stack.upstream.url}/bench")
-    assert bff.proc is not None
-    cpu0 = cpu_seconds(bff.proc.pid)
-    through = wrk(f"{bff.url}/api/bench", headers)
-    cpu = cpu_seconds(bff.proc.pid) - cpu0
-    cpu_us = cpu / through["requests"] * 1e6
-    log(f"  direct          {fmt(direct)}")
-    log(f"  through BFF     {fmt(through)}   non-2xx {through['non2xx']}")
-    log(f"  ratio BFF/direct req/s: {through['rps'] / direct['rps']:.3f}")
-    log(f"  BFF CPU per proxied request: {cpu_us:.0f} us (process CPU time / requests)")
-    half = through["rps"] / 2
-    conns = CONNECTIONS
-    # wrk paces each connection by a delay between a response and the next request, so
-    # the rate is conns / (delay + latency): a short run measures the latency at that pace.
-    period = conns / half * 1000
-    probe = wrk(f"{bff.url}/api/bench", headers, connections=conns, delay_ms=period, duration=3)
-    latency = max(conns / probe["rps"] * 1000 - period, 0.0)
-    paced = wrk(f"{bff.url}/api/bench", headers, connections=conns, delay_ms=period - latency)
+    figures: dict[str, dict[str, float]] = {"direct": wrk(f"{stack.upstream.url}/bench")}
+    try:
+        peer = oauth2_proxy.OAuth2Proxy(
+            stack.provider, stack.redis.url, stack.upstream.url, binary=oauth2_proxy.install()
+        )
+        peer.start()
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        log(f"  oauth2-proxy not measured: {exc}")
+    else:
+        try:
+            cookie = asyncio.run(oauth2_proxy.login(peer.url))
+            assert peer.proc is not None
+            figures["oauth2-proxy"] = _loaded(stack, f"{peer.url}/bench", {"Cookie": cookie}, peer.proc.pid)
+        finally:
+            peer.stop()
+    for name, extra in (("BFF 1 process", {}), ("BFF 2 workers", {"BFF_WORKERS": "2"})):
+        bff = stack.bff(**extra)
+        headers = {"Cookie": asyncio.run(login(bff.url)), "X-CSRF": "1"}
+        assert bff.proc is not None
+        figures[name] = r = _loaded(stack, f"{bff.url}/api/bench", headers, bff.proc.pid)
+        r["half_load"] = _half_load(f"{bff.url}/api/bench", headers, r["rps"])  # type: ignore[assignment]
+        stack.stop(bff)
+    log("                     req/s  p50 ms  p99 ms  CPU us/request: proxy upstream redis   non-2xx")
+    for name, r in figures.items():
+        log(_row(name, r))
+    for name in ("BFF 1 process", "BFF 2 workers"):
+        half: Any = figures[name]["half_load"]
+        log(
+            f"  {name} at about half load ({half['rps']:.0f} req/s): "
+            f"p50 {half['p50']:.2f} ms, p99 {half['p99']:.2f} ms"
+        )
+    one, two, direct = figures["BFF 1 process"], figures["BFF 2 workers"], figures["direct"]
     log(
-        f"  at about half load ({paced['rps']:.0f} req/s of {through['rps']:.0f}): "
-        f"p50 {paced['p50']:.2f} ms, p99 {paced['p99']:.2f} ms"
+        f"  BFF/direct req/s: 1 process {one['rps'] / direct['rps']:.3f}, "
+        f"2 workers {two['rps'] / direct['rps']:.3f}"
     )
-    results["proxy"] = {"direct": direct, "bff": through, "cpu_us": cpu_us, "half_load": paced}
-    stack.stop(bff)
+    log(f"  2 workers / 1 process req/s: {two['rps'] / one['rps']:.2f}")
+    peer_figures = figures.get("oauth2-proxy")
+    if peer_figures:
+        for name, r in (("1 process", one), ("2 workers", two)):
+            log(
+                f"  BFF {name} vs oauth2-proxy: req/s {r['rps'] / peer_figures['rps']:.2f} x (goal >= 1.3), "
+                f"CPU per request {r['cpu_us'] / peer_figures['cpu_us']:.2f} x (goal <= 0.75)"
+            )
+    results["proxy"] = figures
 
 
 def section_embedded(stack: Stack, results: dict[str, Any]) -> None:
@@ -375,29 +429,6 @@ def section_dbsc(stack: Stack, results: dict[str, Any]) -> None:
         f"call {figures['bound']['redis_per_call']:.3f} vs {figures['off']['redis_per_call']:.3f}"
     )
     results["dbsc"] = figures
-
-
-def section_workers(stack: Stack, results: dict[str, Any]) -> None:
-    log("== workers: BFF_WORKERS=2 vs one process")
-    direct = wrk(f"{stack.upstream.url}/bench")
-    bff = stack.bff(BFF_WORKERS="2")
-    cookie = asyncio.run(login(bff.url))
-    headers = {"Cookie": cookie, "X-CSRF": "1"}
-    wrk(f"{bff.url}/api/bench", headers, duration=2)
-    two = wrk(f"{bff.url}/api/bench", headers)
-    stack.stop(bff)
-    one_proc = stack.bff()
-    cookie = asyncio.run(login(one_proc.url))
-    wrk(f"{one_proc.url}/api/bench", {"Cookie": cookie, "X-CSRF": "1"}, duration=2)
-    one = wrk(f"{one_proc.url}/api/bench", {"Cookie": cookie, "X-CSRF": "1"})
-    stack.stop(one_proc)
-    log(f"  direct          {fmt(direct)}")
-    log(f"  1 process       {fmt(one)}   ratio to direct {one['rps'] / direct['rps']:.3f}")
-    log(
-        f"  2 workers       {fmt(two)}   ratio to direct {two['rps'] / direct['rps']:.3f}"
-        f"   ratio to 1 process {two['rps'] / one['rps']:.2f}"
-    )
-    results["workers"] = {"direct": direct, "one": one, "two": two}
 
 
 def section_clients(stack: Stack, results: dict[str, Any]) -> None:
@@ -630,7 +661,6 @@ SECTIONS = {
     "dpop": section_dpop,
     "websocket": section_websocket,
     "dbsc": section_dbsc,
-    "workers": section_workers,
     "clients": section_clients,
     "login": section_login,
     "storm": section_storm,

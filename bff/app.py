@@ -62,6 +62,10 @@ def build_store(settings: Settings, clock: Callable[[], float] = time.time) -> S
         clock,
         timeout=settings.redis_timeout,
         listener=connect_listener(settings.redis_url, settings.redis_timeout),
+        # A process trusts its copy of a session this long (the idle timeout slides as
+        # often); at most a tenth of the idle timeout, so idle expiry stays precise.
+        cache_ttl=min(float(settings.session_cache_ttl), settings.session_idle_timeout / 10),
+        cache_size=settings.session_cache_size,
     )
 
 

@@ -67,6 +67,8 @@ SETTINGS_DOC: dict[str, str] = {
     "BFF_STATIC_DIR": "built SPA folder",
     "BFF_SESSION_IDLE_TIMEOUT": "idle timeout",
     "BFF_SESSION_ABSOLUTE_TIMEOUT": "absolute timeout",
+    "BFF_SESSION_CACHE_TTL": "seconds a process answers from its copy of a session",
+    "BFF_SESSION_CACHE_SIZE": "sessions each process keeps decoded",
     "BFF_POST_LOGOUT_REDIRECT_URI": "post-logout redirect",
     "BFF_COOKIE_NAME": "session cookie name",
     "BFF_COOKIE_SAMESITE": "session cookie SameSite",
@@ -153,6 +155,8 @@ class Settings:
     static_dir: Path | None = None
     session_idle_timeout: int = 1800
     session_absolute_timeout: int = 43200
+    session_cache_ttl: int = 30
+    session_cache_size: int = 10000
     post_logout_redirect_uri: str = ""
     cookie_name: str = ""
     cookie_samesite: SameSite = "lax"
@@ -586,6 +590,8 @@ def _store(r: _Reader) -> Values:
         "redis_timeout": r.number("BFF_REDIS_TIMEOUT", 2.0, minimum=0.1, maximum=60.0),
         "session_idle_timeout": r.integer("BFF_SESSION_IDLE_TIMEOUT", 1800, minimum=1),
         "session_absolute_timeout": r.integer("BFF_SESSION_ABSOLUTE_TIMEOUT", 43200, minimum=1),
+        "session_cache_ttl": r.integer("BFF_SESSION_CACHE_TTL", 30, minimum=0, maximum=3600),
+        "session_cache_size": r.integer("BFF_SESSION_CACHE_SIZE", 10000, minimum=0),
         "max_sessions_per_user": r.integer("BFF_MAX_SESSIONS_PER_USER", 0, minimum=0),
     }
 

@@ -15,10 +15,12 @@ Keys (every command touches one key, so Cluster needs no hash tags):
     bff:dco:<owner>         the owner's latest DBSC challenge (hash), to shorten the one before
     bff:all                 ZSET session id -> absolute expiry: the cheap count for metrics
 
-A proxied request costs one round trip: a Lua script reads the session and slides its
-idle timeout together. Outside Cluster those reads are auto-pipelined (pipelining.py):
-the reads of one event-loop turn share one pipeline. Index entries of sessions that ended
-by idle expiry are pruned whenever an index is read, so no caller ever sees a dead session.
+A use of a session costs at most one round trip: a Lua script reads the session and slides
+its idle timeout together; with the session cache (cache.py) a process makes that trip once
+per cache TTL per session and answers from memory in between. Outside Cluster those reads
+are auto-pipelined (pipelining.py): the reads of one event-loop turn share one pipeline.
+Index entries of sessions that ended by idle expiry are pruned whenever an index is read,
+so no caller ever sees a dead session.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ClusterDownError, LockError, NoScriptError, RedisClusterException, RedisError
 
 from ..errors import StoreUnavailable
+from .cache import SessionCache
 from .crypto import DecryptionError, RecordCipher
 from .models import LoginTransaction, Session, public_handle
 from .notices import CHANGED, CHANNEL, ENDED, subscribe
@@ -237,6 +240,10 @@ def connect_listener(url: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
     if pool is not None:
         pool.connection_kwargs["health_check_interval"] = 5
         pool.connection_kwargs["socket_timeout"] = 10.0
+        # No retry: redis-py would reconnect and resubscribe behind our back, and the
+        # notices sent meanwhile would be lost without anyone knowing. notices.subscribe
+        # must see every broken link (to flush caches), so it does the reconnecting.
+        pool.connection_kwargs["retry"] = Retry(NoBackoff(), retries=0)
     return client
 
 
@@ -280,6 +287,8 @@ class RedisStore(SessionStore):
         clock: Clock = time.time,
         timeout: float = DEFAULT_TIMEOUT,
         listener: Any = None,
+        cache_ttl: float = 0.0,
+        cache_size: int = 10000,
     ) -> None:
         super().__init__(idle_timeout, clock)
         self.r = client
@@ -297,6 +306,9 @@ class RedisStore(SessionStore):
         # sent alone.
         self._batch = None if isinstance(client, RedisCluster) else AutoPipeline(client, self._guard)
         self._loading: asyncio.Future[Any] | None = None
+        # Decoded sessions this process may answer from, kept correct by the notices
+        # (cache.py); only with a notices subscription, which is what invalidates it.
+        self.cache = SessionCache(self.notices, cache_ttl if listener is not None else 0.0, cache_size)
 
     # --- helpers --------------------------------------------------------------------
     @staticmethod
@@ -427,7 +439,14 @@ class RedisStore(SessionStore):
         await asyncio.shield(self._loading)
 
     async def load(self, session_id: str, touch: bool = True) -> Session | None:
+        """A use of the session (``touch``) may be answered from the cache; a read without
+        touch (inside a refresh lock, before ending a session) always asks Redis."""
         now = self.now()
+        if touch:
+            cached = self.cache.get(session_id, self.clock())
+            if cached is not None:
+                return cached
+        epoch = self.cache.epoch
         raw = await self._read(self._skey(session_id), touch, now)
         if not raw:
             return None
@@ -436,11 +455,15 @@ class RedisStore(SessionStore):
             return None
         if touch:
             session.last_seen = now
+            self.cache.put(session, self.clock(), epoch)
         return session
 
     async def update_tokens(self, session: Session) -> bool:
         done = await self._guard(self._update(keys=[self._skey(session.id)], args=[self._record(session)]))
-        if done:  # best effort: a missed notice costs a cache at most its entry's short life
+        if done:
+            self.cache.changed(session)
+            # Best effort: a notice that cannot be sent leaves other processes' copies (with
+            # the previous tokens) for at most their cache TTL; a refresh re-reads Redis.
             with contextlib.suppress(*_UNAVAILABLE, TimeoutError):
                 async with asyncio.timeout(self.timeout):
                     await self.r.publish(CHANNEL, CHANGED + public_handle(session.id).encode())
@@ -457,6 +480,7 @@ class RedisStore(SessionStore):
 
     async def _delete(self, session_id: str) -> Session | None:
         raw = cast(bytes | None, await self.r.getdel(self._skey(session_id)))
+        self.cache.ended(session_id)
         if not raw:
             return None
         session = self._decode(session_id, raw)

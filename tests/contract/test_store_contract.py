@@ -5,13 +5,14 @@ tests/cluster runs it against Sentinel and Cluster). Time is an injected clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
 
 from bff.session.crypto import RecordCipher
 from bff.session.models import LoginTransaction, Session, new_session_id
-from bff.session.redis_store import RedisStore, connect
+from bff.session.redis_store import RedisStore, connect, connect_listener
 from bff.session.store import MemoryStore, SessionStore
 
 IDLE = 60
@@ -29,24 +30,42 @@ class Clock:
         self.now += seconds
 
 
-def make_store(url: str | None, clock: Clock) -> SessionStore:
-    """The memory store for ``None``, else a RedisStore on that BFF_REDIS_URL."""
+def make_store(url: str | None, clock: Clock, cached: bool = False) -> SessionStore:
+    """The memory store for ``None``, else a RedisStore on that BFF_REDIS_URL; ``cached``:
+    with its session cache (a TTL of a tenth of the idle timeout, as the app sets it) and the
+    notices subscription that keeps the cache correct."""
     if url is None:
         return MemoryStore(IDLE, clock)
-    return RedisStore(connect(url), RecordCipher.from_settings((), ("k" * 32,)), IDLE, clock)
+    cipher = RecordCipher.from_settings((), ("k" * 32,))
+    if not cached:
+        return RedisStore(connect(url), cipher, IDLE, clock)
+    return RedisStore(connect(url), cipher, IDLE, clock, listener=connect_listener(url), cache_ttl=IDLE / 10)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cached"])
 def store_url(request) -> str | None:
     """Which store the suite runs against; tests/cluster overrides it with Sentinel and Cluster."""
-    return None if request.param == "memory" else request.getfixturevalue("redis_url")
+    if request.param == "memory":
+        return None
+    url = request.getfixturevalue("redis_url")
+    return url + "#cached" if request.param == "redis-cached" else url
 
 
 @pytest.fixture
 async def store_and_clock(store_url):
     clock = Clock()
-    store = make_store(store_url, clock)
+    cached = bool(store_url and store_url.endswith("#cached"))
+    store = make_store(store_url.removesuffix("#cached") if store_url else None, clock, cached)
+    notices = asyncio.create_task(store.run_notices()) if cached else None
+    if cached:
+        async with asyncio.timeout(5):
+            while not store.notices.live:
+                await asyncio.sleep(0.01)
     yield store, clock
+    if notices is not None:
+        notices.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await notices
     await store.close()
 
 
