@@ -14,13 +14,16 @@
 
 Why this shape: Starlette does not run a mounted sub-application's lifespan, so the BFF
 joins the host's (``lifespan=bff.lifespan``, or ``bff.running()`` nested in the host's own)
-instead of starting a second app lifecycle. ``mount`` puts one route at the front of the
-host's router that matches exactly the BFF's paths and hands them to the same ASGI app the
-standalone gateway runs (its edge checks, proxy and endpoints, unchanged), so everything
-else stays the host's. Local endpoints ask for the session the FastAPI way, as a
-dependency (``Depends(bff.user)``), or in Starlette with ``await bff.user(request)`` or the
-``@bff.requires_user`` decorator; the BFF's errors become its usual JSON answers through the
-exception handler ``mount`` registers on the host.
+instead of starting a second app lifecycle. ``mount`` puts one ASGI layer in front of all
+of the host's middleware and its router: it hands exactly the BFF's paths to the same ASGI app
+the standalone gateway runs (its edge checks, proxy and endpoints, unchanged) and everything
+else to the host. In front, because the host's middleware has no business on the BFF's
+answers (a host CORS middleware must not make /bff/user readable cross-site) and because
+the host's router and exception layers cost the proxied call a third more. Local endpoints
+ask for the session the FastAPI way, as a dependency (``Depends(bff.user)``), or in
+Starlette with ``await bff.user(request)`` or the ``@bff.requires_user`` decorator; the
+BFF's errors become its usual JSON answers through the exception handler ``mount``
+registers on the host.
 
 Everything outside this module (and ``bff.settings``) is private to the package.
 """
@@ -36,8 +39,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Match, NoMatchFound
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .app import BFFApp, create_app
 from .error_handlers import handle_bff_error, handle_protocol_error
@@ -65,22 +67,19 @@ class User:
         return await self._token()
 
 
-class _Route(BaseRoute):
-    """Matches the BFF's paths (/bff and the API route prefixes) for HTTP and WebSocket."""
+class _Front:
+    """The middleware ``mount`` adds: the BFF's paths (/bff and the API route prefixes, HTTP
+    and WebSocket) to the BFF, the rest to the host."""
 
-    def __init__(self, app: BFFApp) -> None:
+    def __init__(self, app: ASGIApp, bff: BFFApp) -> None:
         self.app = app
+        self.bff = bff
 
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] in ("http", "websocket") and self.app.owns(scope["path"]):
-            return Match.FULL, {}
-        return Match.NONE, {}
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
-
-    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
-        raise NoMatchFound(name, path_params)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and self.bff.owns(scope["path"]):
+            await self.bff(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 class BFF:
@@ -93,9 +92,13 @@ class BFF:
 
     # --- wiring into the host -----------------------------------------------------------
     def mount(self, host: Starlette) -> None:
-        """Serve /bff/* and the proxy routes from ``host`` (ahead of its own routes) and map
-        the BFF's errors to its JSON answers for the host's endpoints too."""
-        host.router.routes.insert(0, _Route(self.app))
+        """Serve /bff/* and the proxy routes from ``host`` (ahead of all its middleware and
+        routes) and map the BFF's errors to its JSON answers for the host's endpoints too.
+        Call it before the host serves its first request (Starlette builds its stack then)."""
+        build = host.build_middleware_stack
+        # Outermost, ahead of the host's error, telemetry and body-limit layers too: the BFF
+        # maps its own errors and limits its own bodies, as the gateway does.
+        host.build_middleware_stack = lambda: _Front(build(), self.app)  # type: ignore[method-assign]
         host.add_exception_handler(BFFError, handle_bff_error)
         host.add_exception_handler(OIDCError, handle_protocol_error)
         host.add_exception_handler(TokenError, handle_protocol_error)

@@ -150,6 +150,26 @@ _access: _AccessLines | None = None
 _access_json = True
 
 
+_PLAIN = re.compile(r"[\x20-\x7e]*")  # printable ASCII: JSON-safe but for quote and backslash
+_stamp: tuple[int, str] = (0, "")
+
+
+def _json_str(value: str) -> str:
+    """A JSON string literal; json.dumps only when the value needs escaping (rarely)."""
+    if '"' not in value and "\\" not in value and _PLAIN.fullmatch(value):
+        return f'"{value}"'
+    return json.dumps(value)
+
+
+def _timestamp(now: float) -> str:
+    """ISO 8601 UTC with milliseconds; the part up to the second is formatted once a second."""
+    global _stamp
+    second = int(now)
+    if _stamp[0] != second:
+        _stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_stamp[1]}.{int(now % 1 * 1000):03d}Z"
+
+
 def access(method: str, path: str, status: int, ms: float, request_id: str, client: str) -> None:
     """One line per request (logger name ``bff.access``), built here without the logging
     machinery, which would cost the hot path far more than the line itself."""
@@ -157,13 +177,12 @@ def access(method: str, path: str, status: int, ms: float, request_id: str, clie
     if sink is None:
         return
     path = redact(path)
-    now = time.time()
-    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    ts = _timestamp(time.time())
     if _access_json:
         line = (
             f'{{"ts":"{ts}","level":"info","logger":"bff.access","msg":"request","method":'
-            f'{json.dumps(method)},"path":{json.dumps(path)},"status":{status},"ms":{ms},'
-            f'"request_id":{json.dumps(request_id)},"client":{json.dumps(client)}}}\n'
+            f'{_json_str(method)},"path":{_json_str(path)},"status":{status},"ms":{ms},'
+            f'"request_id":{_json_str(request_id)},"client":{_json_str(client)}}}\n'
         )
     else:
         line = (

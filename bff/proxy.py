@@ -5,8 +5,9 @@ is forwarded, because HTTP client libraries "normalise" ``..`` and friends on th
 and would otherwise turn ``/api/../admin`` into ``/admin``. Headers the upstream must
 not see (the browser's cookies and Authorization, hop-by-hop headers, any spoofed
 X-Forwarded-* in any spelling) are dropped; trusted ones are set. Bodies stream both
-ways. The client is aiohttp, one pooled session per upstream (measured several times
-faster than httpx on this path; see docs/benchmarks.md).
+ways. The client is upstream_client.py, keep-alive connections per upstream origin with
+responses parsed by httptools (aiohttp cost several times the CPU of everything else on this
+path; see docs/benchmarks.md); WebSockets to upstreams use aiohttp.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from starlette.types import Message, Receive, Scope, Send
-from yarl import URL
 
 from .challenges import challenge_error
 from .dpop import Nonces
@@ -40,6 +40,7 @@ from .services import Services
 from .session.models import Session
 from .settings import ApiRoute
 from .tokens import Credential
+from .upstream_client import ReadTimeout, UpstreamError, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger("bff.proxy")
 
@@ -100,7 +101,6 @@ class Route:
     prefix: bytes
     base_path: bytes
     origin: str
-    timeout: aiohttp.ClientTimeout
     latency: Any  # the route's child of the latency histogram, looked up once
 
 
@@ -145,17 +145,19 @@ class Proxy:
                     base_path=up.path.rstrip("/").encode(),
                     origin=f"{up.scheme}://{up.netloc}",
                     latency=services.metrics.proxy_latency.labels(r.prefix),
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, sock_connect=min(r.timeout, 10.0), sock_read=r.timeout
-                    ),
                 )
             )
-        self._clients: dict[str, aiohttp.ClientSession] = {}
+        self._pools: dict[str, UpstreamPool] = {}
+        self._clients: dict[str, aiohttp.ClientSession] = {}  # for WebSockets
         self.nonces = Nonces()  # the upstreams' DPoP nonces, by origin
         self._counters: dict[tuple[str, int], Any] = {}
 
     async def start(self) -> None:
         for route in self.routes:
+            if route.origin not in self._pools:
+                self._pools[route.origin] = UpstreamPool(
+                    route.origin, connect_timeout=min(route.config.timeout, 10.0)
+                )
             if route.origin not in self._clients:
                 connector = aiohttp.TCPConnector(
                     limit=0,
@@ -174,6 +176,9 @@ class Proxy:
                 )
 
     async def stop(self) -> None:
+        for pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
@@ -224,6 +229,7 @@ class Proxy:
             scope["state"]["status"] = status
 
     def client(self, route: Route) -> aiohttp.ClientSession:
+        """The aiohttp session WebSockets to this route's upstream use."""
         return self._clients[route.origin]
 
     def headers(self, scope: Scope) -> list[tuple[str, str]]:
@@ -334,15 +340,15 @@ class Proxy:
         headers: list[tuple[str, str]],
         credential: Credential,
         body: Any,
-        response: aiohttp.ClientResponse,
-    ) -> aiohttp.ClientResponse:
+        response: UpstreamResponse,
+    ) -> UpstreamResponse:
         """One more try of a replayable call the upstream refused with 401: with the nonce it
         asked for (RFC 9449 §9 ``use_dpop_nonce``), or after a refresh of a token it called
         invalid (RFC 6750 ``invalid_token``). Otherwise its answer goes to the SPA as it is."""
-        challenges = response.headers.getall("www-authenticate", [])
+        challenges = response.getall("www-authenticate")
         if (
             credential.key is not None
-            and response.headers.get("dpop-nonce")
+            and response.get("dpop-nonce")
             and (challenge_error(challenges, "dpop") == "use_dpop_nonce")
         ):
             response.release()
@@ -366,7 +372,7 @@ class Proxy:
         headers: list[tuple[str, str]],
         credential: Credential | None,
         body: Any,
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         if credential is not None:
             headers = [*headers, ("authorization", f"{credential.scheme} {credential.token}")]
             if credential.key is not None:  # a DPoP-bound token: a fresh proof for this call
@@ -374,43 +380,43 @@ class Proxy:
                     method, target, access_token=credential.token, nonce=self.nonces.get(target)
                 )
                 headers.append(("dpop", proof))
-        client = self._clients[route.origin]
         started = time.perf_counter()
         try:
-            response = await client.request(
-                method,
-                URL(target, encoded=True),
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                timeout=route.timeout,
-                compress=None,
+            response = await self._pools[route.origin].request(
+                method, target[len(route.origin) :], headers, body, read_timeout=route.config.timeout
             )
-        except TimeoutError as exc:
+        except ReadTimeout as exc:
             raise UpstreamTimeout() from exc
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             log.warning(
                 "upstream unreachable", extra={"route": route.config.prefix, "error": type(exc).__name__}
             )
             raise UpstreamUnavailable() from exc
+        except ValueError as exc:  # a header or length the upstream must not be sent
+            raise BadRequest("The request cannot be forwarded as it is.") from exc
         route.latency.observe(time.perf_counter() - started)
         if credential is not None and credential.key is not None:
-            self.nonces.update(target, response.headers.get)  # RFC 9449 §9: any answer may rotate it
+            self.nonces.update(target, response.get)  # RFC 9449 §9: any answer may rotate it
         return response
 
-    async def _relay(self, route: Route, scope: Scope, send: Send, response: aiohttp.ClientResponse) -> int:
+    async def _relay(self, route: Route, scope: Scope, send: Send, response: UpstreamResponse) -> int:
         out_headers = [
             (k.lower(), v)
             for k, v in response.raw_headers
             if k.decode("latin-1").lower() not in _RESPONSE_DROP
         ]
         length = response.content_length
-        if length is not None and length <= 65536 and response.status not in (204, 304):
+        if scope["method"] == "HEAD" or response.status in (204, 304):
+            if length is not None and response.status != 204:
+                out_headers.append((b"content-length", str(length).encode()))
+            await self._respond(scope, send, response.status, out_headers, b"")
+            return response.status
+        if length is not None and length <= 65536:
             try:
                 data = await response.read()
-            except TimeoutError as exc:
+            except ReadTimeout as exc:
                 raise UpstreamTimeout() from exc
-            except aiohttp.ClientError as exc:
+            except UpstreamError as exc:
                 raise UpstreamUnavailable() from exc
             out_headers.append((b"content-length", str(len(data)).encode()))
             await self._respond(scope, send, response.status, out_headers, data)
@@ -419,9 +425,9 @@ class Proxy:
             out_headers.append((b"content-length", str(length).encode()))
         await send(self._start(scope, response.status, out_headers))
         try:
-            async for chunk in response.content.iter_any():
+            async for chunk in response.iter_chunks():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (TimeoutError, aiohttp.ClientError):
+        except UpstreamError:
             # Headers are gone already: the only honest signal left is a cut connection.
             log.warning("upstream failed mid-response", extra={"route": route.config.prefix})
             raise

@@ -8,6 +8,7 @@ after a new one is issued (browsers race refreshes). See the package docstring.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import secrets
@@ -36,6 +37,14 @@ PREVIOUS_TTL = 60  # seconds the previous challenge still counts once a new one 
 # Requests the browser sent while its registration was in flight carry no bound cookie yet
 # (Chrome 156 loads an SPA's next calls in parallel): those few seconds they still pass.
 REGISTRATION_RACE = 10
+
+
+@functools.lru_cache(maxsize=16384)
+def _binding(dbsc_key: str) -> dict[str, Any]:
+    """The stored binding (public JWK, thumbprint, time bound), parsed once per value: the
+    gate reads it on every request of a bound session. Callers must not change it."""
+    value = json.loads(dbsc_key)
+    return value if isinstance(value, dict) else {}
 
 
 class DeviceBindingRequired(NotAuthenticated):
@@ -117,11 +126,11 @@ class DeviceBinding:
 
     @staticmethod
     def _jkt(session: Session) -> str:
-        return str(json.loads(session.dbsc_key or "{}").get("jkt", ""))
+        return str(_binding(session.dbsc_key or "{}").get("jkt", ""))
 
     @staticmethod
     def _bound_at(session: Session) -> float:
-        return float(json.loads(session.dbsc_key or "{}").get("at", 0))
+        return float(_binding(session.dbsc_key or "{}").get("at", 0))
 
     # --- registration ---------------------------------------------------------------------
     async def register(

@@ -8,6 +8,7 @@ session close to the size of its tokens.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import secrets
@@ -31,8 +32,10 @@ def _digest(label: str, value: str) -> str:
     )
 
 
+@functools.lru_cache(maxsize=16384)
 def public_handle(session_id: str) -> str:
-    """The id a user sees for a session in /bff/sessions: unlinkable to the real id."""
+    """The id a user sees for a session in /bff/sessions: unlinkable to the real id.
+    Memoised: the bound-cookie check and the notices ask for it on the hot path."""
     return _digest("handle", session_id)
 
 
