@@ -1,10 +1,11 @@
 """Minimal proxies that differ only in their upstream HTTP client, for the comparison that
-chose aiohttp for the BFF's forwarding path (see docs/benchmarks.md).
+chose the BFF's own client (bff/upstream_client.py) for its forwarding path over aiohttp
+(see docs/benchmarks.md).
 
 Each request: read a session from Redis (one GET, like the BFF), forward to the upstream
 with a bearer token, stream the answer back. Plain ASGI under uvicorn (httptools, uvloop).
 
-    python bench/clients.py {httpx|aiohttp|httpx-aiohttp} PORT UPSTREAM_URL REDIS_URL
+    python bench/clients.py {bff|httpx|aiohttp|httpx-aiohttp} PORT UPSTREAM_URL REDIS_URL
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ state: dict[str, Any] = {}
 async def startup() -> None:
     state["redis"] = aioredis.Redis.from_url(REDIS_URL)
     await state["redis"].set("bench:session", b"x" * 1500)
-    if KIND == "aiohttp":
+    if KIND == "bff":
+        from bff.upstream_client import UpstreamPool
+
+        state["client"] = UpstreamPool(UPSTREAM)
+    elif KIND == "aiohttp":
         import aiohttp
 
         state["client"] = aiohttp.ClientSession(
@@ -41,6 +46,10 @@ async def startup() -> None:
 
 async def forward() -> tuple[int, bytes]:
     headers = {"authorization": "Bearer " + "t" * 800}
+    if KIND == "bff":
+        pool = state["client"]
+        response = await pool.request("GET", "/bench", list(headers.items()), None, read_timeout=30)
+        return response.status, await response.read()
     if KIND == "aiohttp":
         async with state["client"].get(f"{UPSTREAM}/bench", headers=headers) as r:
             return r.status, await r.read()

@@ -1,14 +1,18 @@
 """The benchmark suite: every figure as a ratio against a baseline measured in the same run.
 
-    .venv/bin/python bench/run.py                 # everything (~4 minutes)
+    .venv/bin/python bench/run.py                 # everything (~8 minutes)
     .venv/bin/python bench/run.py proxy storm     # some sections
     .venv/bin/python bench/run.py --duration 5    # shorter wrk runs
 
-Sections: proxy (req/s, p50/p99, CPU per request, p99 at half load; BFF vs direct),
-workers (the same with BFF_WORKERS=2), clients (httpx vs aiohttp vs httpx-aiohttp on the
-forwarding path), login (full login round trips per second vs the provider alone),
-storm (200 concurrent calls on due tokens over 2 processes: token requests per session),
-memory (Redis bytes per session vs the raw tokens; memory of 100k sessions).
+Sections: proxy (direct, oauth2-proxy and the BFF with 1 process and 2 workers side by side:
+req/s, p50/p99, CPU per request of each process tree, p99 at half load), embedded (the BFF
+inside the example FastAPI app vs the gateway), dpop (DPoP-bound vs bearer tokens), websocket
+(echo round trips and message rate vs direct), dbsc (a device-bound session vs DBSC off),
+revocation (a logout on one process seen by another that cached the session), clients (the
+BFF's own upstream client vs aiohttp, httpx and httpx-aiohttp on the forwarding path), login
+(full login round trips per second vs the provider alone, CPU per login of each
+participant), storm (200 concurrent calls on due tokens over 2 processes: token requests per
+session), memory (Redis bytes per session vs the raw tokens; memory of 100k sessions).
 
 Everything runs on this machine: wrk, Redis, the test provider, the upstream and the
 BFF share the cores, so compare figures within one run only.
@@ -500,7 +504,7 @@ def section_clients(stack: Stack, results: dict[str, Any]) -> None:
     direct = wrk(f"{stack.upstream.url}/bench")
     log(f"  direct              {fmt(direct)}")
     results["clients"] = {"direct": direct}
-    for client in ("httpx", "aiohttp", "httpx-aiohttp"):
+    for client in ("bff", "aiohttp", "httpx", "httpx-aiohttp"):
         port = free_port()
         proc = Proc(
             [
@@ -520,10 +524,16 @@ def section_clients(stack: Stack, results: dict[str, Any]) -> None:
             continue
         try:
             wrk(f"http://127.0.0.1:{port}/bench", {"Cookie": "s=bench"}, duration=2)
+            assert proc.proc is not None
+            cpu0 = cpu_seconds(proc.proc.pid)
             r = wrk(f"http://127.0.0.1:{port}/bench", {"Cookie": "s=bench"})
+            r["cpu_us"] = (cpu_seconds(proc.proc.pid) - cpu0) / r["requests"] * 1e6
         finally:
             proc.stop()
-        log(f"  {client:<19} {fmt(r)}   ratio to direct {r['rps'] / direct['rps']:.3f}")
+        log(
+            f"  {client:<19} {fmt(r)}   CPU {r['cpu_us']:4.0f} us/request   "
+            f"ratio to direct {r['rps'] / direct['rps']:.3f}"
+        )
         results["clients"][client] = r
 
 
@@ -592,20 +602,47 @@ async def _provider_loop(provider: ProviderProc, seconds: float, concurrency: in
     return done
 
 
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def section_login(stack: Stack, results: dict[str, Any]) -> None:
+    """Full logins per second through the BFF vs the provider doing the same authorize and
+    code exchange alone, with the CPU each participant took per login: what bounds it."""
     log("== login: full round trips (login -> provider -> callback -> session), 8 concurrent browsers")
     seconds = DURATION
     bff = stack.bff()
+    assert bff.proc is not None
+    assert stack.provider.proc is not None
     stack.provider.reset()
-    provider_only = asyncio.run(_provider_loop(stack.provider, seconds, 8)) / seconds
-    through = asyncio.run(_login_loop(bff.url, seconds, 8)) / seconds
+    cpu = {"provider": cpu_seconds(stack.provider.proc.pid), "client": _own_cpu()}
+    done = asyncio.run(_provider_loop(stack.provider, seconds, 8))
+    alone = {
+        k: (now - cpu[k]) / done * 1e6
+        for k, now in (("provider", cpu_seconds(stack.provider.proc.pid)), ("client", _own_cpu()))
+    }
+    provider_only = done / seconds
+    pids = {"bff": bff.proc.pid, "provider": stack.provider.proc.pid, "redis": stack.redis.proc.pid}  # type: ignore[union-attr]
+    cpu = {k: cpu_seconds(v) for k, v in pids.items()} | {"client": _own_cpu()}
+    done = asyncio.run(_login_loop(bff.url, seconds, 8))
+    after = {k: cpu_seconds(v) for k, v in pids.items()} | {"client": _own_cpu()}
+    per_login = {k: (after[k] - cpu[k]) / done * 1e6 for k in cpu}
+    through = done / seconds
     stack.stop(bff)
-    log(f"  provider alone (authorize + token)  {provider_only:7.1f} /s")
+    log(
+        f"  provider alone (authorize + token)  {provider_only:7.1f} /s   CPU per login: provider "
+        f"{alone['provider']:.0f} us, client {alone['client']:.0f} us"
+    )
     log(
         f"  through the BFF                     {through:7.1f} logins/s   ratio {through / provider_only:.3f}"
     )
-    log("  (the client, the provider and the BFF share the machine; the ratio is what the BFF adds)")
-    results["login"] = {"provider_only": provider_only, "bff": through}
+    log(
+        "  CPU per login through the BFF: "
+        + ", ".join(f"{k} {v:.0f} us" for k, v in sorted(per_login.items(), key=lambda kv: -kv[1]))
+    )
+    log("  (the client, the provider and the BFF share the machine: the busiest of them bounds the rate)")
+    results["login"] = {"provider_only": provider_only, "bff": through, "cpu_per_login_us": per_login}
 
 
 def section_storm(stack: Stack, results: dict[str, Any], sessions: int = 20, calls: int = 200) -> None:

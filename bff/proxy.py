@@ -6,8 +6,9 @@ and would otherwise turn ``/api/../admin`` into ``/admin``. Headers the upstream
 not see (the browser's cookies and Authorization, hop-by-hop headers, any spoofed
 X-Forwarded-* in any spelling) are dropped; trusted ones are set. Bodies stream both
 ways. The client is upstream_client.py, keep-alive connections per upstream origin with
-responses parsed by httptools (aiohttp cost several times the CPU of everything else on this
-path; see docs/benchmarks.md); WebSockets to upstreams use aiohttp.
+responses parsed by httptools (a general-purpose client cost several times the CPU of everything
+else on this path; see docs/benchmarks.md); WebSockets to upstreams use the websockets library
+(websocket.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 from starlette.types import Message, Receive, Scope, Send
 
 from .challenges import challenge_error
@@ -148,7 +148,6 @@ class Proxy:
                 )
             )
         self._pools: dict[str, UpstreamPool] = {}
-        self._clients: dict[str, aiohttp.ClientSession] = {}  # for WebSockets
         self.nonces = Nonces()  # the upstreams' DPoP nonces, by origin
         self._counters: dict[tuple[str, int], Any] = {}
 
@@ -158,30 +157,11 @@ class Proxy:
                 self._pools[route.origin] = UpstreamPool(
                     route.origin, connect_timeout=min(route.config.timeout, 10.0)
                 )
-            if route.origin not in self._clients:
-                connector = aiohttp.TCPConnector(
-                    limit=0,
-                    limit_per_host=512,
-                    keepalive_timeout=30,
-                    enable_cleanup_closed=True,
-                    ttl_dns_cache=60,
-                )
-                self._clients[route.origin] = aiohttp.ClientSession(
-                    base_url=None,
-                    connector=connector,
-                    auto_decompress=False,
-                    skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-                    cookie_jar=aiohttp.DummyCookieJar(),
-                    trust_env=False,
-                )
 
     async def stop(self) -> None:
         for pool in self._pools.values():
             await pool.close()
         self._pools.clear()
-        for client in self._clients.values():
-            await client.close()
-        self._clients.clear()
 
     def match(self, path: str) -> Route | None:
         for route in self.routes:
@@ -227,10 +207,6 @@ class Proxy:
         self._count(route, status)
         if "state" in scope:
             scope["state"]["status"] = status
-
-    def client(self, route: Route) -> aiohttp.ClientSession:
-        """The aiohttp session WebSockets to this route's upstream use."""
-        return self._clients[route.origin]
 
     def headers(self, scope: Scope) -> list[tuple[str, str]]:
         """The browser's headers the upstream may see, plus the forwarding headers we vouch

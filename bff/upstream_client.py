@@ -1,9 +1,10 @@
 """A lean asyncio HTTP/1.1 client for the proxy's hot path: keep-alive connections to one origin.
 
-aiohttp's ClientSession costs several times the CPU of everything else a forwarded request
-needs; the proxy uses only a sliver of it (one origin, keep-alive, streaming both ways with
-back-pressure, timeouts), so this client does just that. Responses are parsed by httptools
-(llhttp); only the request head is serialised here. WebSockets stay on aiohttp.
+A general-purpose client session costs several times the CPU of everything else a forwarded
+request needs; the proxy uses only a sliver of it (one origin, keep-alive, streaming both ways
+with back-pressure, timeouts), so this client does just that. Responses are parsed by httptools
+(llhttp); only the request head is serialised here. WebSockets use the websockets library
+(websocket.py).
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ class _Conn(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         """A close-delimited body ends at the upstream's EOF (httptools has no llhttp_finish()),
         never at our own close. (asyncio's TLS layer reports a TCP close without close_notify
-        as an EOF too, so over TLS a cut cannot be told from the end; aiohttp is no better.)"""
+        as an EOF too, so over TLS a cut cannot be told from the end; other clients are no better.)"""
         if self._state == _BODY and self._until_eof and not self.transport.is_closing():
             self._state = _DONE
             self._keep_alive = False

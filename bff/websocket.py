@@ -11,8 +11,11 @@ subprotocols, never its cookies; the browser is accepted with the subprotocol th
 chose. Messages are relayed both ways one at a time: each side's send waits for its socket
 to drain and the other side is not read meanwhile, so a slow reader makes the BFF hold at
 most one message (up to BFF_WS_MAX_MESSAGE_SIZE), not a queue. Pings are answered on each hop
-by the servers and clients themselves; compression (permessage-deflate) is negotiated per
-hop, since messages, not frames, are relayed. Close codes and reasons pass through.
+by the servers and clients themselves, and the BFF sends no keepalive pings of its own, so
+an idle socket is never closed for a missing pong. Messages, not frames, are relayed, so
+compression is a matter of each hop: the browser's hop negotiates permessage-deflate with the
+server, the upstream hop goes without (the upstream client offers none). Close codes and
+reasons pass through. The upstream client is the websockets library (its asyncio client).
 
 When a session ends, wherever it ends, every process closes its sockets (both sides) with
 code 4401: at once on the session notice (session/notices.py), and at the latest at the next
@@ -36,11 +39,27 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 from starlette.types import Receive, Scope, Send
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.datastructures import Headers
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidMessage,
+    InvalidStatus,
+    WebSocketException,
+)
+from websockets.typing import Subprotocol
 
 from .dpop import htu
-from .errors import BFFError, Forbidden, ServiceUnavailable, TooManyRequests, UpstreamUnavailable
+from .errors import (
+    BadRequest,
+    BFFError,
+    Forbidden,
+    ServiceUnavailable,
+    TooManyRequests,
+    UpstreamUnavailable,
+)
 from .proxy import Proxy, Route
 from .services import Services
 from .session.models import public_handle
@@ -48,6 +67,10 @@ from .session.store import SessionStore
 from .tokens import Credential
 
 log = logging.getLogger("bff.websocket")
+# The upstream client's own logger, held at INFO: at DEBUG websockets logs every handshake
+# header (the route's Authorization and DPoP proof) and every frame.
+client_log = logging.getLogger("bff.websocket.upstream")
+client_log.setLevel(logging.INFO)
 REGISTRIES: weakref.WeakSet[Sockets] = weakref.WeakSet()  # every app's sockets (shutdown)
 
 SESSION_ENDED = 4401
@@ -57,6 +80,11 @@ UPSTREAM_FAILED = 1011
 SWEEP_INTERVAL = 2.0  # seconds between checks of the open sockets' sessions
 TOUCH_INTERVAL = 60  # a browser message slides the idle timeout at most this often
 _UNSENDABLE = {1005, 1006, 1015}  # close codes that never go on the wire
+CLOSE_TIMEOUT = 5.0  # seconds a close handshake with the upstream may take
+# Frames the upstream connection holds before it stops reading from the socket (and resumes
+# once they are all taken): with a slow browser the BFF holds about one message (each frame is
+# at most BFF_WS_MAX_MESSAGE_SIZE) and the TCP window pushes back on the upstream.
+UPSTREAM_QUEUE = (1, 0)
 
 
 class Socket:
@@ -175,7 +203,7 @@ class Relay:
         self,
         receive: Receive,
         send: Send,
-        upstream: aiohttp.ClientWebSocketResponse,
+        upstream: ClientConnection,
         max_size: int,
         metrics: Any,
         touch: Callable[[], Awaitable[bool]],
@@ -219,10 +247,11 @@ class Relay:
                 socket.end = (TOO_BIG, "message too big")
                 return
             self.metrics.websocket_messages.labels("to_upstream").inc()
-            if text is not None:
-                await self.upstream.send_str(text)
-            else:
-                await self.upstream.send_bytes(data or b"")
+            try:
+                await self.upstream.send(text if text is not None else (data or b""))
+            except ConnectionClosed as exc:  # the upstream closed first: its close is relayed
+                await self._close_browser(*upstream_close(exc))
+                return
             if time.monotonic() - last_touch > TOUCH_INTERVAL:
                 last_touch = time.monotonic()
                 if not await self.touch():
@@ -231,21 +260,15 @@ class Relay:
 
     async def _upstream_to_browser(self) -> None:
         while True:
-            message = await self.upstream.receive()
-            if message.type is aiohttp.WSMsgType.TEXT:
-                await self.send({"type": "websocket.send", "text": message.data})
-            elif message.type is aiohttp.WSMsgType.BINARY:
-                await self.send({"type": "websocket.send", "bytes": message.data})
-            elif message.type is aiohttp.WSMsgType.CLOSE:
-                code = message.data if isinstance(message.data, int) else 1000
-                await self._close_browser(1000 if code in _UNSENDABLE else code, message.extra or "")
+            try:
+                message = await self.upstream.recv()
+            except ConnectionClosed as exc:
+                await self._close_browser(*upstream_close(exc))
                 return
-            elif getattr(message.data, "code", None) == TOO_BIG:  # aiohttp's WebSocketError
-                await self._close_browser(TOO_BIG, "upstream message too big")
-                return
-            else:  # CLOSING, CLOSED, ERROR: the upstream went away without a close of its own
-                await self._close_browser(UPSTREAM_FAILED, "upstream connection lost")
-                return
+            if isinstance(message, str):
+                await self.send({"type": "websocket.send", "text": message})
+            else:
+                await self.send({"type": "websocket.send", "bytes": message})
             self.metrics.websocket_messages.labels("to_browser").inc()
 
     async def _close_browser(self, code: int, reason: str) -> None:
@@ -259,42 +282,72 @@ class Relay:
         self.closed_by = reason
         await self._close_browser(code, reason)
         with contextlib.suppress(Exception):
-            await self.upstream.close(code=code, message=reason.encode()[:120])
+            await self.upstream.close(code, reason[:120])
+
+
+def upstream_close(exc: ConnectionClosed) -> tuple[int, str]:
+    """The close the browser gets once the upstream connection has ended: the upstream's own
+    close code and reason when it closed first; 1009 when the BFF refused an upstream message
+    over the limit (websockets closed it so); 1011 for anything else (connection lost,
+    protocol error)."""
+    if exc.rcvd is not None and (exc.sent is None or exc.rcvd_then_sent):
+        code = exc.rcvd.code  # 1005 when the upstream's close frame had no code
+        return (1000 if code in _UNSENDABLE else code), exc.rcvd.reason
+    if exc.sent is not None and exc.sent.code == TOO_BIG:
+        return TOO_BIG, "upstream message too big"
+    return UPSTREAM_FAILED, "upstream connection lost"
+
+
+def _first(headers: Headers) -> Callable[[str], str | None]:
+    """A header getter over a refusal's headers: the first value (a repeated header is no
+    error here, as with any other answer)."""
+    return lambda name: next(iter(headers.get_all(name)), None)
 
 
 async def connect_upstream(
-    client: aiohttp.ClientSession,
     url: str,
     headers: Callable[[], list[tuple[str, str]]],
     protocols: list[str],
     max_size: int,
-    on_answer: Callable[[Any], bool],
-) -> aiohttp.ClientWebSocketResponse:
-    """The upstream handshake; once more when ``on_answer`` (given the refusal's headers)
-    says a retry can succeed (a DPoP nonce). A refusal is 502, or the upstream's own 4xx."""
+    open_timeout: float,
+    on_answer: Callable[[Callable[[str], str | None]], bool],
+) -> ClientConnection:
+    """The upstream handshake, within ``open_timeout`` seconds; once more when ``on_answer``
+    (given the refusal's headers) says a retry can succeed (a DPoP nonce). A refusal is 502, or
+    the upstream's own 4xx; an unreachable upstream 502."""
     for attempt in (1, 2):
         try:
-            return await client.ws_connect(
+            return await connect(
                 url,
-                headers=headers(),
-                protocols=protocols,
-                max_msg_size=max_size + 1,  # aiohttp refuses a message of exactly its limit
-                autoclose=False,
-                autoping=True,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                additional_headers=headers(),
+                subprotocols=[Subprotocol(p) for p in protocols] or None,
+                compression=None,  # no permessage-deflate on the upstream hop
+                user_agent_header=None,  # the browser's User-Agent is among the forwarded headers
+                proxy=None,  # never a proxy from the environment (HTTPS_PROXY and friends)
+                open_timeout=open_timeout,
+                ping_interval=None,  # no keepalive pings (the upstream's pings are still answered)
+                close_timeout=CLOSE_TIMEOUT,
+                max_size=max_size,  # a message of exactly max_size passes, one byte more is 1009
+                max_queue=UPSTREAM_QUEUE,
+                logger=client_log,
             )
-        except aiohttp.WSServerHandshakeError as exc:
-            if attempt == 1 and exc.status == 401 and on_answer(exc.headers):
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if attempt == 1 and status == 401 and on_answer(_first(exc.response.headers)):
                 continue
-            if 400 <= exc.status < 500:
-                error = BFFError(
-                    f"The upstream refused the WebSocket ({exc.status}).", code="websocket_refused"
-                )
-                error.status = exc.status
+            if 400 <= status < 500:
+                error = BFFError(f"The upstream refused the WebSocket ({status}).", code="websocket_refused")
+                error.status = status
                 raise error from exc
             raise UpstreamUnavailable("The upstream refused the WebSocket.") from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except InvalidMessage as exc:  # no HTTP answer, or the connection closed before one
             raise UpstreamUnavailable() from exc
+        except InvalidHandshake as exc:  # a 101 that fails the handshake's checks
+            raise UpstreamUnavailable("The upstream refused the WebSocket.") from exc
+        except (OSError, TimeoutError, WebSocketException) as exc:  # unreachable, TLS, too slow
+            raise UpstreamUnavailable() from exc
+        except ValueError as exc:  # an offered subprotocol websockets will not send
+            raise BadRequest("The WebSocket handshake cannot be forwarded as it is.") from exc
     raise UpstreamUnavailable()  # not reached: the second attempt returns or raises
 
 
@@ -324,22 +377,22 @@ class WebSocketProxy:
             session, credential = await self.proxy.credential(route, scope)
             self.sockets.admit(session.id if session else None)
             upstream = await connect_upstream(
-                self.proxy.client(route),
                 target,
                 lambda: self._headers(scope, target, credential),
                 list(scope.get("subprotocols", [])),
                 self.max_size,
-                lambda headers: (
+                route.config.timeout,
+                lambda header: (
                     credential is not None
                     and credential.key is not None
-                    and self.proxy.nonces.update(target, headers.get)
+                    and self.proxy.nonces.update(target, header)
                 ),
             )
         except BFFError as exc:
             self.svc.metrics.websocket_closes.labels(f"refused_{exc.status}").inc()
             await deny(scope, send, exc)
             return
-        await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
+        await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
         await self._relay(session.id if session else None, upstream, receive, send)
 
     def _headers(self, scope: Scope, target: str, credential: Credential | None) -> list[tuple[str, str]]:
@@ -357,7 +410,7 @@ class WebSocketProxy:
         return headers
 
     async def _relay(
-        self, session_id: str | None, upstream: aiohttp.ClientWebSocketResponse, receive: Receive, send: Send
+        self, session_id: str | None, upstream: ClientConnection, receive: Receive, send: Send
     ) -> None:
         socket = Socket(session_id, asyncio.current_task())
         relay = Relay(

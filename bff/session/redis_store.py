@@ -55,6 +55,8 @@ Client = aioredis.Redis | RedisCluster
 # covered.
 _UNAVAILABLE = (RedisError, RedisClusterException, OSError)
 
+# Read a session and slide its idle timeout. ARGV: now (whole seconds rounded down, for the
+# check), the idle timeout, the use's time (rounded up, 10 digits: the new last-seen header).
 _TOUCH = """
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
@@ -65,7 +67,7 @@ if math.min(tonumber(string.sub(v, 11, 20)) + idle, absolute) <= now then
   redis.call('DEL', KEYS[1])
   return false
 end
-local exp = math.min(now + idle, absolute)
+local exp = math.min(tonumber(ARGV[3]) + idle, absolute)
 redis.call('EXPIREAT', KEYS[1], exp)
 redis.call('SETRANGE', KEYS[1], 10, ARGV[3])
 return v
@@ -345,15 +347,13 @@ class RedisStore(SessionStore):
             else:
                 coro.close()  # never started: no "coroutine was never awaited" warning
 
-    async def _index_add(self, key: str, session: Session) -> None:
-        pipe = self.r.pipeline(transaction=False)
+    def _index_add(self, pipe: Any, key: str, session: Session) -> None:
         # Score: the absolute expiry with sub-second precision, so the index sorts by age
         # (oldest first) even for sessions created within the same second.
         score = self.clock() + (session.expires_at - session.created_at)
         pipe.zadd(key, {session.id: score})
         pipe.expireat(key, session.expires_at, nx=True)
         pipe.expireat(key, session.expires_at, gt=True)
-        await pipe.execute()
 
     async def _live_members(self, key: str) -> list[Session]:
         now = self.now()
@@ -385,12 +385,15 @@ class RedisStore(SessionStore):
         async def run() -> list[Session]:
             header = b"%010d%010d" % (session.expires_at, session.last_seen)
             exp = session.idle_expires_at(self.idle_timeout)
-            await self.r.set(self._skey(session.id), header + self._record(session), exat=exp)
             ukey = f"bff:u:{_h(session.sub)}"
-            await self._index_add(ukey, session)
-            await self.r.zadd("bff:all", {session.id: session.expires_at})
+            # One round trip (a non-transactional pipeline; Cluster splits it per node).
+            pipe = self.r.pipeline(transaction=False)
+            pipe.set(self._skey(session.id), header + self._record(session), exat=exp)
+            self._index_add(pipe, ukey, session)
+            pipe.zadd("bff:all", {session.id: session.expires_at})
             if session.idp_sid:
-                await self._index_add(f"bff:d:{_h(session.idp_sid)}", session)
+                self._index_add(pipe, f"bff:d:{_h(session.idp_sid)}", session)
+            await pipe.execute()
             ended: list[Session] = []
             if max_per_user:
                 mine = [s for s in await self._live_members(ukey) if s.id != session.id]
@@ -402,9 +405,10 @@ class RedisStore(SessionStore):
 
         return cast(list[Session], await self._guard(run()))
 
-    async def _read(self, key: str, touch: bool, now: int) -> Any:
-        """The raw record (slid when ``touch``): queued on the auto-pipeline if there is one."""
-        args = (now, self.idle_timeout, b"%010d" % now)
+    async def _read(self, key: str, touch: bool, now: int, seen: int) -> Any:
+        """The raw record (slid from ``seen`` when ``touch``): queued on the auto-pipeline if
+        there is one."""
+        args = (now, self.idle_timeout, b"%010d" % seen)
         if self._batch is None:
             if touch:
                 return await self._guard(self._touch(keys=[key], args=args))
@@ -441,20 +445,20 @@ class RedisStore(SessionStore):
     async def load(self, session_id: str, touch: bool = True) -> Session | None:
         """A use of the session (``touch``) may be answered from the cache; a read without
         touch (inside a refresh lock, before ending a session) always asks Redis."""
-        now = self.now()
+        now, seen = self.now(), self.seen()
         if touch:
             cached = self.cache.get(session_id, self.clock())
             if cached is not None:
                 return cached
         epoch = self.cache.epoch
-        raw = await self._read(self._skey(session_id), touch, now)
+        raw = await self._read(self._skey(session_id), touch, now, seen)
         if not raw:
             return None
         session = self._decode(session_id, raw)
         if session is None or session.idle_expires_at(self.idle_timeout) <= now:
             return None
         if touch:
-            session.last_seen = now
+            session.last_seen = seen
             self.cache.put(session, self.clock(), epoch)
         return session
 

@@ -10,6 +10,7 @@ suite against every implementation.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -49,6 +50,12 @@ class SessionStore(ABC):
 
     def now(self) -> int:
         return int(self.clock())
+
+    def seen(self) -> int:
+        """The time a use of a session is recorded as. Whole seconds are stored, so it is
+        rounded up: rounded down, the idle timeout could end a session up to a second before
+        a full idle period has passed."""
+        return math.ceil(self.clock())
 
     # --- sessions -------------------------------------------------------------------
     @abstractmethod
@@ -209,7 +216,7 @@ class MemoryStore(SessionStore):
     async def load(self, session_id: str, touch: bool = True) -> Session | None:
         s = self._live(session_id)
         if s is not None and touch:
-            s.last_seen = self.now()
+            s.last_seen = self.seen()
         return s
 
     async def update_tokens(self, session: Session) -> bool:
