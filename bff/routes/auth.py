@@ -238,7 +238,7 @@ async def _start_session(
         refresh_token=tokens.refresh_token,
         created_at=now,
         expires_at=now + svc.settings.session_absolute_timeout,
-        last_seen=now,
+        last_seen=svc.store.seen(),
         idp_sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None,
         user_agent=user_agent_summary(request.headers.get("user-agent", "")),
         ip=client_ip(request),

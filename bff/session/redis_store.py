@@ -56,7 +56,9 @@ Client = aioredis.Redis | RedisCluster
 _UNAVAILABLE = (RedisError, RedisClusterException, OSError)
 
 # Read a session and slide its idle timeout. ARGV: now (whole seconds rounded down, for the
-# check), the idle timeout, the use's time (rounded up, 10 digits: the new last-seen header).
+# check), the idle timeout, the use's time rounded up (10 digits: the new last-seen header)
+# and in milliseconds (the key's expiry, exact: Redis ends the session idle seconds after its
+# last use, and the check, a whole second looser, never ends it before).
 _TOUCH = """
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
@@ -67,8 +69,8 @@ if math.min(tonumber(string.sub(v, 11, 20)) + idle, absolute) <= now then
   redis.call('DEL', KEYS[1])
   return false
 end
-local exp = math.min(tonumber(ARGV[3]) + idle, absolute)
-redis.call('EXPIREAT', KEYS[1], exp)
+local exp = math.min(tonumber(ARGV[4]) + idle * 1000, absolute * 1000)
+redis.call('PEXPIREAT', KEYS[1], exp)
 redis.call('SETRANGE', KEYS[1], 10, ARGV[3])
 return v
 """
@@ -384,11 +386,11 @@ class RedisStore(SessionStore):
     async def create(self, session: Session, max_per_user: int = 0) -> list[Session]:
         async def run() -> list[Session]:
             header = b"%010d%010d" % (session.expires_at, session.last_seen)
-            exp = session.idle_expires_at(self.idle_timeout)
+            exp = min(int(self.clock() * 1000) + self.idle_timeout * 1000, session.expires_at * 1000)
             ukey = f"bff:u:{_h(session.sub)}"
             # One round trip (a non-transactional pipeline; Cluster splits it per node).
             pipe = self.r.pipeline(transaction=False)
-            pipe.set(self._skey(session.id), header + self._record(session), exat=exp)
+            pipe.set(self._skey(session.id), header + self._record(session), pxat=exp)
             self._index_add(pipe, ukey, session)
             pipe.zadd("bff:all", {session.id: session.expires_at})
             if session.idp_sid:
@@ -408,7 +410,7 @@ class RedisStore(SessionStore):
     async def _read(self, key: str, touch: bool, now: int, seen: int) -> Any:
         """The raw record (slid from ``seen`` when ``touch``): queued on the auto-pipeline if
         there is one."""
-        args = (now, self.idle_timeout, b"%010d" % seen)
+        args = (now, self.idle_timeout, b"%010d" % seen, int(self.clock() * 1000))
         if self._batch is None:
             if touch:
                 return await self._guard(self._touch(keys=[key], args=args))
