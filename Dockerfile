@@ -23,8 +23,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 COPY --from=wheel /wheels /wheels
-# The distribution by its name, from the wheel built above.
-RUN pip install --find-links /wheels oidc-bff && rm -rf /wheels \
+# The wheel built above, by its file: installing the name with --find-links would let a higher
+# version of that name on the package index win. Its dependencies come pinned from the index.
+RUN pip install /wheels/oidc_bff-*.whl && rm -rf /wheels \
     && useradd --system --uid 10001 --no-create-home bff
 COPY demo/ demo/
 COPY --from=spa /spa/dist /app/spa

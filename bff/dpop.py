@@ -140,25 +140,30 @@ def deployment_key(secret: str, configured: str | None) -> DPoPKey:
 
 
 class KeyCache:
-    """Parsed session keys, by session id, most recently used kept (a bounded LRU)."""
+    """Parsed session keys, by the session's public handle, most recently used kept (a
+    bounded LRU). A key is dropped as soon as its session ends anywhere (the session notices,
+    ``forget``); a session that simply times out leaves its key until the LRU evicts it."""
 
     def __init__(self, size: int = 20000) -> None:
         self.size = size
         self._keys: OrderedDict[str, tuple[str, DPoPKey]] = OrderedDict()
 
-    def get(self, session_id: str, exported: str) -> DPoPKey:
-        entry = self._keys.get(session_id)
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def get(self, handle: str, exported: str) -> DPoPKey:
+        entry = self._keys.get(handle)
         if entry is not None and entry[0] == exported:
-            self._keys.move_to_end(session_id)
+            self._keys.move_to_end(handle)
             return entry[1]
         key = DPoPKey.load(exported)
-        self._keys[session_id] = (exported, key)
+        self._keys[handle] = (exported, key)
         if len(self._keys) > self.size:
             self._keys.popitem(last=False)
         return key
 
-    def forget(self, session_id: str) -> None:
-        self._keys.pop(session_id, None)
+    def forget(self, handle: str) -> None:
+        self._keys.pop(handle, None)
 
 
 class Nonces:

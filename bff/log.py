@@ -28,7 +28,7 @@ _PARAM = re.compile(  # OAuth parameters in URLs, forms and JSON
     r"(=|\"\s*:\s*\"|'\s*:\s*')([^&\s\"',;]+)"
 )
 _AUTH = re.compile(r"(?i)\b(bearer|basic|dpop)\s+[A-Za-z0-9._~+/=-]+")
-_COOKIE = re.compile(r"(?i)((?:__Host-(?:Http-)?)?bff_(?:session|login|bound))=[^;\s,\"']+")
+_COOKIE = re.compile(r"(?i)((?:__Host-(?:Http-)?)?bff_(?:session|login|logout|bound))=[^;\s,\"']+")
 
 
 def redact(text: str) -> str:

@@ -11,8 +11,9 @@ subprotocols, never its cookies; the browser is accepted with the subprotocol th
 chose. Messages are relayed both ways one at a time: each side's send waits for its socket
 to drain and the other side is not read meanwhile, so a slow reader makes the BFF hold at
 most one message (up to BFF_WS_MAX_MESSAGE_SIZE), not a queue. Pings are answered on each hop
-by the servers and clients themselves, and the BFF sends no keepalive pings of its own, so
-an idle socket is never closed for a missing pong. Messages, not frames, are relayed, so
+by the servers and clients themselves: towards the upstream the BFF sends no keepalive pings
+(an idle upstream is never dropped for a missing pong), towards the browser uvicorn's own
+keepalive applies (a ping every 20 s). Messages, not frames, are relayed, so
 compression is a matter of each hop: the browser's hop negotiates permessage-deflate with the
 server, the upstream hop goes without (the upstream client offers none). Close codes and
 reasons pass through. The upstream client is the websockets library (its asyncio client).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from ..dpop import DPoPKey, Nonces
 from ..errors import IdPUnavailable
 from ..settings import Settings
 from .errors import OIDCError, TokenError
-from .provider import Provider
+from .provider import Provider, ProviderMetadata
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - RFC 8693 URN
@@ -252,24 +253,22 @@ class OIDCClient:
             raise OIDCError("par_unsupported", "BFF_USE_PAR is on but the IdP advertises no PAR endpoint")
         return _with_query(meta.authorization_endpoint, params)
 
+    def _audience(self, meta: ProviderMetadata) -> str:
+        """The client assertion's audience at the token and revocation endpoints: the token
+        endpoint (RFC 7523 allows it, every IdP accepts it), under FAPI 2.0 the issuer
+        identifier as a string (the FAPI 2.0 Security Profile's rule for private_key_jwt)."""
+        return meta.issuer if self.settings.profile == "fapi2" else meta.token_endpoint
+
     async def _token_request(self, form: Form, what: str, dpop: DPoPKey | None = None) -> TokenResponse:
         meta = await self.provider.metadata()
         method = self.auth_method(meta.token_endpoint_auth_methods_supported)
-        # FAPI 2.0: the client assertion's audience is the issuer identifier as a string.
-        audience = meta.issuer if self.settings.profile == "fapi2" else meta.token_endpoint
-        response = await self._post(meta.token_endpoint, form, method, audience, what, dpop)
+        response = await self._post(meta.token_endpoint, form, method, self._audience(meta), what, dpop)
         data = self._raise_for_error(response)
         access_token = data.get("access_token")
         if not isinstance(access_token, str) or not access_token:
             raise TokenError("invalid_response", "the token response has no access_token")
         token_type = self._token_type(data.get("token_type"), dpop)
-        expires_in = data.get("expires_in")
-        # expires_in is only RECOMMENDED (RFC 6749 §5.1): without it the token is assumed to
-        # live BFF_ASSUMED_TOKEN_LIFETIME, so it is still refreshed (never "forever").
-        lifetime = self.settings.assumed_token_lifetime
-        numeric = isinstance(expires_in, int | float) and not isinstance(expires_in, bool)
-        if numeric or (isinstance(expires_in, str) and expires_in.isdigit()):
-            lifetime = max(int(expires_in), 0)  # type: ignore[arg-type]
+        lifetime = self._lifetime(data.get("expires_in"))
         expires_at = int(time.time()) + lifetime
         refresh_token = data.get("refresh_token")
         id_token = data.get("id_token")
@@ -286,6 +285,23 @@ class OIDCClient:
             else None,
             token_type=token_type,
         )
+
+    def _lifetime(self, expires_in: object) -> int:
+        """Seconds the access token lives. ``expires_in`` is only RECOMMENDED (RFC 6749 §5.1):
+        without it the token is assumed to live BFF_ASSUMED_TOKEN_LIFETIME, so it is still
+        refreshed (never "forever"). A number of seconds, or its ASCII digits in a string (some
+        IdPs quote it), is used; anything else (negative, not finite, text, a boolean) makes
+        the whole answer malformed."""
+        if expires_in is None:
+            return self.settings.assumed_token_lifetime
+        if isinstance(expires_in, str) and expires_in.isascii() and expires_in.isdigit():
+            return int(expires_in)
+        number = (
+            expires_in if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) else -1
+        )
+        if math.isfinite(number) and number >= 0:
+            return int(number)
+        raise TokenError("invalid_response", "the token response's expires_in is not a number of seconds")
 
     def _token_type(self, token_type: object, dpop: DPoPKey | None) -> str:
         """``DPoP`` or ``Bearer``, as issued: a DPoP token only when a proof was sent; a Bearer
@@ -364,7 +380,7 @@ class OIDCClient:
             meta.revocation_endpoint,
             {"token": token, "token_type_hint": hint},
             method,
-            meta.token_endpoint,
+            self._audience(meta),
             "token revocation",
         )
         if response.status_code != 200:

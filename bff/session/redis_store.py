@@ -261,11 +261,22 @@ class _RedisLock(StoreLock):
         self._timeout = timeout  # a hung Redis, not a held lock
 
     async def acquire(self, wait: float) -> bool:
-        try:
-            async with asyncio.timeout(wait + self._timeout):
-                return bool(await self._lock.acquire(blocking_timeout=wait))
-        except (*_UNAVAILABLE, TimeoutError) as exc:
-            raise StoreUnavailable() from exc
+        """Try, and try again every ``sleep`` seconds while another holder has it, for up to
+        ``wait`` seconds; each try is bounded by the store's timeout on its own (redis-py's
+        blocking acquire would let a hung Redis hold the caller for all of ``wait``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    if await self._lock.acquire(blocking=False):
+                        return True
+            except (*_UNAVAILABLE, TimeoutError) as exc:
+                raise StoreUnavailable() from exc
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            await asyncio.sleep(min(self._lock.sleep, remaining))
 
     async def extend(self) -> None:
         try:

@@ -19,7 +19,7 @@ from ..metrics import Metrics
 from ..oidc.client import OIDCClient, TokenResponse
 from ..oidc.errors import OIDCError, TokenError
 from ..oidc.validation import Expectations, validate_id_token
-from ..session.models import Session, jwt_claims
+from ..session.models import Session, jwt_claims, public_handle
 from ..session.store import SessionStore, locked
 from .flight import LOCK_TIMEOUT, LOCK_WAIT, SingleFlight, renewing
 
@@ -51,11 +51,12 @@ class TokenManager:
         self.clock = clock
         self.revoke = revoke  # BFF_REVOKE_ON_LOGOUT: revoke the grants of sessions we end
         self.keys = keys or KeyCache()
+        store.notices.on_ended(self.keys.forget)  # no private key outlives its session here
         self._flight: SingleFlight[str, Session] = SingleFlight()
 
     def dpop_key(self, session: Session) -> DPoPKey | None:
         """The session's DPoP key, parsed once per process (None without DPoP)."""
-        return self.keys.get(session.id, session.dpop_key) if session.dpop_key else None
+        return self.keys.get(public_handle(session.id), session.dpop_key) if session.dpop_key else None
 
     def is_fresh(self, session: Session) -> bool:
         """Usable without a refresh: not within the skew of its expiry.

@@ -176,6 +176,7 @@ class State:
         self.dpop_proofs: list[dict[str, Any]] = []  # endpoint, jkt, jti, nonce of each proof
         self.dpop_nonce_challenges = 0
         self.client_auth_seen: list[str] = []
+        self.assertion_audiences: list[dict[str, Any]] = []  # endpoint path, the assertion's aud
         self.access_tokens: dict[str, dict[str, Any]] = {}
         self.id_tokens_issued: list[str] = []
 
@@ -449,6 +450,7 @@ def create_app(issuer: str) -> Starlette:
             except Exception:
                 return None
             claims = json.loads(obj.payload)
+            st.assertion_audiences.append({"endpoint": request.url.path, "aud": claims.get("aud")})
             audiences = claims.get("aud") if isinstance(claims.get("aud"), list) else [claims.get("aud")]
             valid_aud = any(a in (st.issuer, f"{st.issuer}/token", f"{st.issuer}/par") for a in audiences)
             if (
@@ -828,6 +830,7 @@ def create_app(issuer: str) -> Starlette:
                 "revoked": st.revoked,
                 "end_session": st.end_session_calls,
                 "client_auth": st.client_auth_seen,
+                "assertion_audiences": st.assertion_audiences,
                 "valid_refresh_tokens": sum(1 for r in st.refresh.values() if r["valid"]),
                 "route_token_requests": st.route_token_requests,
                 "dpop_proofs": st.dpop_proofs,

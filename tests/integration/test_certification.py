@@ -109,6 +109,18 @@ async def test_a_token_response_without_expires_in_gets_the_assumed_lifetime_and
     assert first != second
 
 
+@pytest.mark.parametrize("expires_in", ["soon", "\u00b2", -5, True, [60], {"s": 60}, -0.5])
+async def test_a_token_response_with_a_malformed_expires_in_is_refused_whole(make_bff, idp, expires_in):
+    """Present but not a number of seconds: no session from it (not a token assumed to live
+    forever, nor for the assumed lifetime, nor a 500 from a digit int() cannot read)."""
+    idp.configure(overrides={"token": {"set": {"expires_in": expires_in}}})
+    app, browser = await make_bff()
+    r = await browser.login()
+    assert r.status_code in (400, 502), r.text
+    assert r.status_code != 500 and "bff_session" not in browser.cookies
+    assert (await browser.get("/bff/user", csrf=True)).status_code == 401
+
+
 async def _refuse(upstream_url: str, authorization: str) -> None:
     async with httpx.AsyncClient() as client:
         r = await client.post(f"{upstream_url}/refuse-token", content=authorization.partition(" ")[2])

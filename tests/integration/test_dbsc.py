@@ -114,6 +114,8 @@ async def test_a_registration_proof_replayed_on_another_session_is_refused(make_
     other_callback = await second.login()
     r = await DbscClient(second).register(other_callback, proof)  # the first session's challenge
     assert r.status_code == 400 and r.json()["error"] == "dbsc_challenge"
+    assert "bff_bound" not in second.cookies
+    assert (await second.get("/bff/user", csrf=True)).json()["device_binding"]["state"] == "unbound"
 
 
 async def test_requests_sent_while_the_registration_was_in_flight_still_pass(make_bff):

@@ -93,6 +93,24 @@ async def test_redis_holds_no_private_key_in_clear(make_bff, app_session, idp, r
     assert raw and all(private not in value and b'"d"' not in value for value in raw if value)
 
 
+async def test_a_sessions_private_key_leaves_the_process_memory_when_the_session_ends(
+    make_bff, app_session, idp
+):
+    idp.configure(**DPOP)
+    app, alice = await make_bff(BFF_DPOP="true")
+    bob = await make_bff.new_browser(app)
+    for browser, user in ((alice, "alice"), (bob, "bob")):
+        await browser.login(user)
+        assert (await browser.get("/api/echo", csrf=True)).status_code == 200  # key parsed, kept
+    keys = app.services.tokens.keys
+    assert len(keys) == 2
+    assert (await alice.request("POST", "/bff/logout", csrf=True)).status_code == 302
+    async with asyncio.timeout(5):  # the end notice comes back over Redis pub/sub
+        while len(keys) != 1:
+            await asyncio.sleep(0.01)
+    assert (await bob.get("/api/echo", csrf=True)).status_code == 200  # the other one stays
+
+
 async def test_the_idps_nonce_is_asked_for_used_and_followed_when_it_rotates(make_bff, idp):
     idp.configure(**DPOP, dpop_nonce=True, dpop_rotate_nonce=True, access_ttl=0)
     _, browser = await make_bff(BFF_DPOP="true", BFF_TOKEN_REFRESH_SKEW="60")

@@ -164,3 +164,42 @@ def test_a_hung_redis_answers_503_within_the_redis_timeout_and_recovers(idp, ups
     finally:
         proc.stop()
         redis.stop()
+
+
+def test_a_refresh_while_redis_hangs_answers_503_within_the_redis_timeout(idp, upstream, tmp_path):
+    """The session is in the process's cache, its access token is due, and Redis hangs: the
+    refresh lock cannot be taken, and the proxied call is a 503 within BFF_REDIS_TIMEOUT +
+    0.5 s (not after the 30 s a request may wait for another process's refresh)."""
+    idp.configure(access_ttl=0)
+    redis = RedisServer()
+    redis.start()
+    env = bff_env(idp, redis.url, "http://127.0.0.1:0", BFF_API_ROUTES=f"/api={upstream.url}")
+    proc = BffProc(env, log=tmp_path / "bff.log")
+    proc.env["BFF_PUBLIC_URL"] = proc.url
+    proc.start()
+    try:
+
+        async def login() -> dict[str, str]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                browser = Browser(client, proc.url)
+                await browser.login()
+                assert (await browser.get("/bff/user", csrf=True)).status_code == 200  # now cached
+                await browser.aclose()
+                return {"x-csrf": "1", **browser._cookie_header()}
+
+        headers = asyncio.run(login())
+        assert redis.proc is not None
+        redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            r = httpx.get(f"{proc.url}/api/echo", headers=headers, timeout=60)
+            elapsed = time.monotonic() - started
+            assert r.status_code == 503, r.text
+            assert r.json()["error"] == "session_store_unavailable"
+            assert elapsed < 2.0 + 0.5, f"took {elapsed:.2f} s"
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+        assert httpx.get(f"{proc.url}/api/echo", headers=headers, timeout=30).status_code == 200
+    finally:
+        proc.stop()
+        redis.stop()

@@ -140,6 +140,11 @@ async def test_against_a_compliant_provider_the_whole_flow_works(make_bff, app_s
     assert stats["dpop_nonce_challenges"] >= 1 and all(p["nonce"] for p in stats["dpop_proofs"])
     assert (await browser.request("POST", "/bff/logout", csrf=True)).status_code == 302
     assert (await browser.get("/bff/user", csrf=True)).status_code == 401
+    stats = idp.stats()
+    assert stats["revoked"]  # the logout revoked the refresh token, authenticated too
+    seen = {(a["endpoint"], a["aud"]) for a in stats["assertion_audiences"]}
+    assert {e for e, _ in seen} >= {"/par", "/token", "/revoke"}, seen
+    assert {aud for _, aud in seen} == {idp.issuer}  # the issuer as a string, at every endpoint
 
 
 async def test_under_the_profile_a_bearer_token_despite_the_proof_is_refused(make_bff, idp, redis_server):

@@ -22,6 +22,7 @@ def test_patterns_are_redacted():
         "Cookie: bff_session=sess.sig; other=1",
         "__Host-bff_session=abc.def",
         "__Host-Http-bff_session=abc.def; __Host-Http-bff_bound=abc.def",
+        "Cookie: __Host-Http-bff_logout=abc.def; __Host-bff_bound=abc.def; bff_login=abc.def",
         "client_secret=hunter2",
         "id_token_hint=" + JWT,
     ]
