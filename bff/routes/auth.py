@@ -330,9 +330,12 @@ async def logout(request: Request) -> Response:
         if url is None
         else _redirect(url, svc.cookies.clear_session(), state_cookie)
     )
-    if session.dbsc_key:  # DBSC: the bound cookie goes, and the browser should drop its session
+    if session.dbsc_key:
+        # DBSC: the bound cookie goes; the browser's DBSC session ends at its next refresh,
+        # which is answered 401. No Clear-Site-Data "cookies": it would clear the cookies of
+        # the whole registrable domain (sibling apps included), and Chromium 156 does not end
+        # DBSC sessions on it anyway (docs/security.md).
         response.headers.append("set-cookie", svc.cookies.clear_bound())
-        response.headers["clear-site-data"] = '"cookies"'
     return response
 
 

@@ -161,6 +161,49 @@ async def test_routes_with_different_audiences_never_receive_each_others_token(m
     assert len(jtis) == len(set(jtis)) == len(variants)  # one token per route, none shared
 
 
+async def test_client_routes_with_different_parameters_never_receive_each_others_token(make_bff, upstream):
+    """The same mix-up on the BFF's own tokens: client routes that differ in one parameter,
+    called concurrently, each get the token asked for with theirs."""
+    variants = [
+        {"prefix": "/m-a", "upstream": upstream.url, "token": "client", "audience": "m-a"},
+        {"prefix": "/m-b", "upstream": upstream.url, "token": "client", "audience": "m-b"},
+        {"prefix": "/m-r", "upstream": upstream.url, "token": "client", "resource": "https://r.example/"},
+        {"prefix": "/m-s", "upstream": upstream.url, "token": "client", "audience": "m-a", "scope": "extra"},
+    ]
+    _, browser = await make_bff(BFF_API_ROUTES=routes(upstream, *variants))
+    calls = [
+        (v["prefix"], browser.get(f"{v['prefix']}/echo", csrf=True)) for v in variants for _ in range(10)
+    ]
+    results = await asyncio.gather(*[c for _, c in calls])
+    expected = {
+        "/m-a": (["m-a"], ""),
+        "/m-b": (["m-b"], ""),
+        "/m-r": (["https://r.example/"], ""),
+        "/m-s": (["m-a"], "extra"),
+    }
+    seen: dict[str, set[str]] = {}
+    for (prefix, _), response in zip(calls, results, strict=True):
+        claims = token_of(response)
+        assert (claims["aud"], claims["scope"]) == expected[prefix], prefix
+        seen.setdefault(prefix, set()).add(claims["jti"])
+    jtis = [j for s in seen.values() for j in s]
+    assert len(jtis) == len(set(jtis)) == len(variants)
+
+
+async def test_two_users_on_one_exchange_route_never_receive_each_others_token(make_bff, upstream):
+    app, alice = await make_bff(BFF_API_ROUTES=routes(upstream, reports(upstream)))
+    bob = await make_bff.new_browser(app)
+    await alice.login("alice")
+    await bob.login("bob")
+    subs = {(await b.get("/bff/user", csrf=True)).json()["sub"]: b for b in (alice, bob)}
+    assert len(subs) == 2
+    calls = [(sub, b.get("/reports/echo", csrf=True)) for sub, b in subs.items() for _ in range(20)]
+    results = await asyncio.gather(*[c for _, c in calls])
+    for (sub, _), response in zip(calls, results, strict=True):
+        claims = token_of(response)
+        assert claims["sub"] == sub and claims["aud"] == ["demo-reports"]
+
+
 @pytest.mark.parametrize("error", ["invalid_target", "unauthorized_client", "invalid_scope", "access_denied"])
 async def test_an_idp_refusing_the_exchange_is_a_clear_non_401_and_keeps_the_session(
     make_bff, idp, upstream, error

@@ -220,7 +220,7 @@ async def test_a_slow_upstream_does_not_make_the_bff_buffer_the_browsers_message
     assert bff_ws.proc is not None
     before = rss_kib(bff_ws.proc.pid)
     ws = await open_ws(bff_ws.url, "/api/ws/sink", alice[1], compression=None)
-    block = os.urandom(60000)  # incompressible, so compression on the upstream hop cannot hide it
+    block = os.urandom(60000)  # incompressible: no compression shrinks what is held
     sent = 0
 
     async def send_for_4_seconds() -> None:

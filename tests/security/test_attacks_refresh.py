@@ -24,12 +24,14 @@ import pytest
         ("azp_added", "token_azp"),
         ("auth_time_changed", "token_auth_time"),
         ("bad_at_hash", "token_at_hash"),
+        ("signed_es256", "token_alg"),  # advertised by the IdP, its key published, not registered
     ],
 )
 async def test_an_untrusted_refresh_answer_adopts_nothing_and_ends_the_session(
     make_bff, idp, redis_server, caplog, misbehave, reason
 ):
-    idp.configure(access_ttl=0)  # the first API call refreshes
+    es256 = {"publish_ec_key": True, "algs": ["RS256", "ES256"]} if misbehave == "signed_es256" else {}
+    idp.configure(access_ttl=0, **es256)  # the first API call refreshes
     _, browser = await make_bff(BFF_TOKEN_REFRESH_SKEW="60")
     await browser.login("alice")
     idp.configure(refresh_misbehave=misbehave)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 
 from bff.log import setup_logging
@@ -35,6 +36,27 @@ async def test_no_token_code_or_cookie_in_the_logs_of_login_refresh_and_logout(m
     assert "test-secret" not in text  # the client secret
     for part in (browser.cookies.get("bff_session", "x.y").split(".")[0], "bff_session=ey"):
         assert part not in text
+
+
+async def test_no_dpop_private_key_or_proof_in_the_logs(make_bff, app_session, idp):
+    stream = io.StringIO()
+    setup_logging("json", "DEBUG", stream)
+    for name in ("httpx", "httpcore", "redis"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    try:
+        idp.configure(dpop=True, dpop_required=True, access_ttl=0)
+        app, browser = await make_bff(BFF_DPOP="true", BFF_TOKEN_REFRESH_SKEW="60", BFF_LOG_LEVEL="debug")
+        await browser.login()
+        private = json.loads((await app_session(app, browser)).dpop_key)["d"]
+        echo = (await browser.get("/api/echo", csrf=True)).json()  # a refresh and a bound call
+        proof = echo["headers"]["dpop"][0]
+        assert (await browser.request("POST", "/bff/logout", csrf=True)).status_code == 302
+    finally:
+        setup_logging("json", "WARNING", io.StringIO())
+    text = stream.getvalue()
+    assert '"logger":"bff.access"' in text
+    assert private not in text and proof not in text and proof.split(".")[1] not in text
+    assert [s for s in idp.issued() if s in text] == []
 
 
 async def test_a_redis_dump_after_login_holds_no_token_claim_or_email(bff, idp, redis_server):
