@@ -195,3 +195,32 @@ def test_the_example_host_app_serves_login_user_a_local_call_and_a_proxied_call(
         asyncio.run(drive())
     finally:
         proc.stop()
+
+
+def test_the_lifespan_starts_the_bff_and_the_hosts_middleware_never_touches_its_answers(
+    idp, redis_url, upstream
+):
+    """``lifespan=bff.lifespan`` run by a real lifespan (Starlette's TestClient sends the
+    events), and a host CORS layer that opens everything to every origin: it answers for the
+    host's routes, never for the BFF's, which stay same-origin."""
+    from fastapi.middleware.cors import CORSMiddleware
+    from starlette.testclient import TestClient
+
+    bff = BFF(load_settings(bff_env(idp, redis_url, PUBLIC_URL, BFF_API_ROUTES=f"/api={upstream.url}")))
+    host = FastAPI(lifespan=bff.lifespan)
+    bff.mount(host)  # and a middleware added afterwards, as apps grow
+    host.add_middleware(CORSMiddleware, allow_origins=["*"], allow_headers=["*"], allow_methods=["*"])
+
+    @host.get("/host/ping")
+    async def ping() -> dict[str, bool]:
+        return {"pong": True}
+
+    foreign = {"origin": "https://other.example", "x-csrf": "1"}
+    with TestClient(host, base_url=PUBLIC_URL, follow_redirects=False) as client:
+        login = client.get("/bff/login")
+        assert login.status_code == 302 and login.headers["location"].startswith(idp.issuer)  # started
+        assert client.get("/host/ping", headers=foreign).headers["access-control-allow-origin"] == "*"
+        for method, path in (("GET", "/bff/user"), ("OPTIONS", "/bff/user"), ("GET", "/api/echo")):
+            r = client.request(method, path, headers={**foreign, "access-control-request-method": "GET"})
+            assert r.status_code in (401, 403, 405), (method, path, r.status_code)
+            assert "access-control-allow-origin" not in r.headers, (method, path)
