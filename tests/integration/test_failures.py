@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 
@@ -129,41 +131,65 @@ def test_graceful_shutdown_lets_in_flight_requests_complete(idp, redis_url, upst
         proc.stop()
 
 
-def test_a_hung_redis_answers_503_within_the_redis_timeout_and_recovers(idp, upstream, tmp_path):
-    """Redis accepts connections but answers nothing (SIGSTOP): /bff/user over real HTTP is a
-    503 within BFF_REDIS_TIMEOUT + 0.5 s, and the same session works again after SIGCONT."""
+@contextlib.contextmanager
+def bff_on_its_own_redis(idp, upstream, tmp_path) -> Iterator[tuple[BffProc, RedisServer]]:
+    """A real ``python -m bff`` process on a Redis of its own (to be stopped with SIGSTOP)."""
     redis = RedisServer()
     redis.start()
     env = bff_env(idp, redis.url, "http://127.0.0.1:0", BFF_API_ROUTES=f"/api={upstream.url}")
     proc = BffProc(env, log=tmp_path / "bff.log")
     proc.env["BFF_PUBLIC_URL"] = proc.url
-    proc.start()
     try:
-
-        async def login() -> dict[str, str]:
-            async with httpx.AsyncClient(timeout=30) as client:
-                browser = Browser(client, proc.url)
-                await browser.login()
-                await browser.aclose()
-                return {"x-csrf": "1", **browser._cookie_header()}
-
-        headers = asyncio.run(login())
-        assert redis.proc is not None
-        redis.proc.send_signal(signal.SIGSTOP)
-        try:
-            for path in ("/bff/user", "/api/echo"):
-                started = time.monotonic()
-                r = httpx.get(f"{proc.url}{path}", headers=headers, timeout=30)
-                elapsed = time.monotonic() - started
-                assert r.status_code == 503, r.text
-                assert r.json()["error"] == "session_store_unavailable"
-                assert elapsed < 2.0 + 0.5, f"{path} took {elapsed:.2f} s"
-        finally:
-            redis.proc.send_signal(signal.SIGCONT)
-        assert httpx.get(f"{proc.url}/bff/user", headers=headers, timeout=30).status_code == 200
+        proc.start()
+        yield proc, redis
     finally:
         proc.stop()
         redis.stop()
+
+
+def signed_in(proc: BffProc, *then: str) -> dict[str, str]:
+    """Sign in over real HTTP, call ``then`` paths; the headers of the browser's later calls."""
+
+    async def run() -> dict[str, str]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            browser = Browser(client, proc.url)
+            await browser.login()
+            for path in then:
+                assert (await browser.get(path, csrf=True)).status_code == 200
+            await browser.aclose()
+            return {"x-csrf": "1", **browser._cookie_header()}
+
+    return asyncio.run(run())
+
+
+@contextlib.contextmanager
+def hung(redis: RedisServer) -> Iterator[None]:
+    assert redis.proc is not None
+    redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+
+
+def assert_fast_503(url: str, headers: dict[str, str]) -> None:
+    started = time.monotonic()
+    r = httpx.get(url, headers=headers, timeout=60)
+    elapsed = time.monotonic() - started
+    assert r.status_code == 503, r.text
+    assert r.json()["error"] == "session_store_unavailable"
+    assert elapsed < 2.0 + 0.5, f"{url} took {elapsed:.2f} s"  # BFF_REDIS_TIMEOUT + 0.5 s
+
+
+def test_a_hung_redis_answers_503_within_the_redis_timeout_and_recovers(idp, upstream, tmp_path):
+    """Redis accepts connections but answers nothing (SIGSTOP): /bff/user over real HTTP is a
+    503 within BFF_REDIS_TIMEOUT + 0.5 s, and the same session works again after SIGCONT."""
+    with bff_on_its_own_redis(idp, upstream, tmp_path) as (proc, redis):
+        headers = signed_in(proc)
+        with hung(redis):
+            for path in ("/bff/user", "/api/echo"):
+                assert_fast_503(f"{proc.url}{path}", headers)
+        assert httpx.get(f"{proc.url}/bff/user", headers=headers, timeout=30).status_code == 200
 
 
 def test_a_refresh_while_redis_hangs_answers_503_within_the_redis_timeout(idp, upstream, tmp_path):
@@ -171,35 +197,8 @@ def test_a_refresh_while_redis_hangs_answers_503_within_the_redis_timeout(idp, u
     refresh lock cannot be taken, and the proxied call is a 503 within BFF_REDIS_TIMEOUT +
     0.5 s (not after the 30 s a request may wait for another process's refresh)."""
     idp.configure(access_ttl=0)
-    redis = RedisServer()
-    redis.start()
-    env = bff_env(idp, redis.url, "http://127.0.0.1:0", BFF_API_ROUTES=f"/api={upstream.url}")
-    proc = BffProc(env, log=tmp_path / "bff.log")
-    proc.env["BFF_PUBLIC_URL"] = proc.url
-    proc.start()
-    try:
-
-        async def login() -> dict[str, str]:
-            async with httpx.AsyncClient(timeout=30) as client:
-                browser = Browser(client, proc.url)
-                await browser.login()
-                assert (await browser.get("/bff/user", csrf=True)).status_code == 200  # now cached
-                await browser.aclose()
-                return {"x-csrf": "1", **browser._cookie_header()}
-
-        headers = asyncio.run(login())
-        assert redis.proc is not None
-        redis.proc.send_signal(signal.SIGSTOP)
-        try:
-            started = time.monotonic()
-            r = httpx.get(f"{proc.url}/api/echo", headers=headers, timeout=60)
-            elapsed = time.monotonic() - started
-            assert r.status_code == 503, r.text
-            assert r.json()["error"] == "session_store_unavailable"
-            assert elapsed < 2.0 + 0.5, f"took {elapsed:.2f} s"
-        finally:
-            redis.proc.send_signal(signal.SIGCONT)
+    with bff_on_its_own_redis(idp, upstream, tmp_path) as (proc, redis):
+        headers = signed_in(proc, "/bff/user")  # now in the process's cache
+        with hung(redis):
+            assert_fast_503(f"{proc.url}/api/echo", headers)
         assert httpx.get(f"{proc.url}/api/echo", headers=headers, timeout=30).status_code == 200
-    finally:
-        proc.stop()
-        redis.stop()
