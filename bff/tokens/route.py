@@ -38,7 +38,7 @@ from ..session.models import RouteToken, Session
 from ..session.store import SessionStore, locked
 from ..settings import ApiRoute
 from .flight import LOCK_TIMEOUT, LOCK_WAIT, SingleFlight, renewing
-from .user import TokenManager
+from .user import TokenManager, renewal_skew
 
 log = logging.getLogger("bff.tokens")
 
@@ -93,9 +93,9 @@ class RouteTokens:
         self._hits = {kind: metrics.route_token_cache.labels(kind, "hit") for kind in ("exchange", "client")}
 
     def fresh(self, token: RouteToken) -> bool:
-        """The user-token rule: usable until within the refresh skew of its expiry, the skew
-        capped at half the token's lifetime."""
-        skew = min(self.users.skew, token.lifetime // 2)
+        """The user-token rule (``renewal_skew``): usable until within the refresh skew of
+        its expiry; a route token can always be asked for again."""
+        skew = renewal_skew(self.users.skew, token.lifetime, renewable=True)
         return token.expires_at - skew > self.clock()
 
     async def credential(self, route: ApiRoute, session: Session | None) -> Credential | None:

@@ -31,6 +31,18 @@ audit = logging.getLogger("bff.audit")
 REFUSED_MIN_AGE = 2
 
 
+def renewal_skew(skew: int, lifetime: int, renewable: bool) -> int:
+    """How long before its expiry a token is renewed, for user and route tokens alike: the
+    configured skew; none for a token that cannot be renewed (used until it really expires);
+    half the lifetime when the skew is as long as the whole lifetime (else every call would
+    renew it)."""
+    if not renewable:
+        return 0
+    if lifetime and skew >= lifetime:
+        return lifetime // 2
+    return skew
+
+
 class TokenManager:
     def __init__(
         self,
@@ -67,11 +79,7 @@ class TokenManager:
         """
         if session.access_expires_at == 0:
             return True
-        skew = self.skew
-        if not session.refresh_token:
-            skew = 0
-        elif session.access_lifetime and skew >= session.access_lifetime:
-            skew = session.access_lifetime // 2
+        skew = renewal_skew(self.skew, session.access_lifetime, renewable=bool(session.refresh_token))
         return session.access_expires_at - skew > self.clock()
 
     async def access_token(self, session: Session) -> str:

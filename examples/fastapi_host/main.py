@@ -9,7 +9,7 @@ embedded BFF, /bff/* and the proxied routes of BFF_API_ROUTES, all from one proc
     GET  /local/health    the host's own endpoint: no session, no X-CSRF
     /bff/*, /api/*        the BFF (login, callback, user, logout, sessions; the proxy)
 
-Run (from the repository root, with the BFF_* settings in the environment or a .env file):
+Run (from the repository root, with the BFF_* settings in the environment):
 
     uvicorn --app-dir examples/fastapi_host main:app --port 8082
 

@@ -1,7 +1,9 @@
 """Hypothesis-driven answers from the identity provider: the real test provider replaces (or
 edits) what its discovery, JWKS, token, UserInfo, revocation and PAR endpoints answer, and
-the flows that use each endpoint run against it. Whatever the IdP says, no /bff endpoint and
-no proxied call answers 500 or ``internal_error``: a broken IdP is a clear 4xx/502/503.
+the flows that use each endpoint run against it (login and callback, user, proxied call,
+ending all sessions, back-channel logout, logout and its landing). Whatever the IdP says, no
+/bff endpoint and no proxied call answers 500 or ``internal_error``: a broken IdP is a clear
+4xx/502/503.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import PUBLIC_URL
+from tests.scenarios import post_logout_token
 from tests.support import Browser, InProcessBffs, ProviderProc, UpstreamProc, bff_env
 
 KEYS = {
@@ -114,7 +117,16 @@ async def _flow(endpoint: str, answer: dict[str, Any], idp: ProviderProc, env: d
             await _login(browser)
         for method, path in (("GET", "/bff/user"), ("GET", "/api/echo"), ("GET", "/readyz")):
             assert_clean(await browser.request(method, path, csrf=True), path)
+        # Ending sessions from the list revokes their tokens; a back-channel logout is checked
+        # against the discovery document and the JWKS; logout revokes and asks for the IdP's
+        # end-session URL.
+        assert_clean(await browser.request("DELETE", "/bff/sessions", csrf=True), "end all")
+        await _login(browser)
+        logout_token = idp.logout_token(user="alice")
+        assert_clean(await post_logout_token(browser, logout_token), "back-channel logout")
+        await _login(browser)
         assert_clean(await browser.request("POST", "/bff/logout", csrf=True), "logout")
+        assert_clean(await browser.get("/bff/post-logout?state=x"), "post-logout")
     finally:
         idp.configure(overrides={})
         await running.close()
