@@ -183,6 +183,12 @@ async def test_a_message_over_the_limit_closes_with_1009(bff_ws, alice):
     assert code == 1009
 
 
+async def test_an_upstream_message_over_the_limit_closes_both_sides_with_1009(bff_ws, alice):
+    ws = await open_ws(bff_ws.url, "/api/ws/flood?n=1&size=70000", alice[1])
+    code, reason, _ = await closed_with(ws)
+    assert (code, reason) == (1009, "upstream message too big")
+
+
 async def test_the_per_session_cap_refuses_one_more_socket(bff_ws, alice):
     sockets = [await open_ws(bff_ws.url, "/api/ws/echo", alice[1]) for _ in range(3)]
     with pytest.raises(InvalidStatus) as info:
@@ -324,6 +330,40 @@ async def test_refresh_refused_and_idle_timeout_close_the_sockets(idp, redis_url
         code, _, seconds = await closed_with(ws, timeout=10)
         assert code == 4401 and seconds < 3 + 2 + 2
         await done(browser)
+
+
+async def test_the_per_process_cap_and_the_absolute_timeout(idp, redis_url, upstream, tmp_path):
+    """One more socket than BFF_WS_MAX_PER_PROCESS is a 503 for any session; a socket kept busy
+    by its browser still closes with 4401 when its session reaches the absolute timeout."""
+    extra = {
+        "BFF_API_ROUTES": routes(upstream),
+        "BFF_WS_MAX_PER_PROCESS": "2",
+        "BFF_SESSION_ABSOLUTE_TIMEOUT": "5",
+    }
+    with bff_processes(idp, redis_url, upstream, tmp_path, count=1, **extra) as procs:
+        browser, cookie = await login(procs[0].url)
+        sockets = [await open_ws(procs[0].url, "/api/ws/echo", cookie) for _ in range(2)]
+        other, other_cookie = await login(procs[0].url, user="bob")
+        with pytest.raises(InvalidStatus) as info:
+            await open_ws(procs[0].url, "/api/ws/echo", other_cookie)
+        assert info.value.response.status_code == 503
+        await sockets.pop().close()
+        ws = sockets[0]
+        await ws.recv()  # the hello
+        started = time.monotonic()
+
+        async def keep_using() -> None:  # the browser keeps using it: idle cannot be the reason
+            async with asyncio.timeout(15):
+                while True:
+                    await ws.send("ping")
+                    await ws.recv()
+                    await asyncio.sleep(0.2)
+
+        with pytest.raises(ConnectionClosed):
+            await keep_using()
+        assert ws.close_code == 4401 and time.monotonic() - started < 5 + 2 + 2
+        await done(browser)
+        await done(other)
 
 
 async def test_graceful_shutdown_closes_sockets_with_1001(idp, redis_url, upstream, tmp_path):
