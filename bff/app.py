@@ -191,16 +191,8 @@ async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
         await asyncio.wait(pending, timeout=0.5)
 
 
-def create_app(
-    settings: Settings,
-    *,
-    store: SessionStore | None = None,
-    clock: Callable[[], float] = time.time,
-    http: httpx.AsyncClient | None = None,
-) -> BFFApp:
-    metrics = Metrics()
-    store = store or build_store(settings, clock)
-    store.on_error = metrics.store_errors.inc
+def _idp_http(metrics: Metrics) -> httpx.AsyncClient:
+    """The one HTTP client for IdP calls, timing each by its endpoint's last path segment."""
     idp_latency = metrics.idp_latency
 
     async def on_request(request: httpx.Request) -> None:
@@ -212,12 +204,23 @@ def create_app(
             path = response.request.url.path.rsplit("/", 1)[-1] or "root"
             idp_latency.labels(path[:40]).observe(time.perf_counter() - started)
 
-    http = http or httpx.AsyncClient(
+    return httpx.AsyncClient(
         timeout=httpx.Timeout(10.0, connect=5.0),
         follow_redirects=False,
         event_hooks={"request": [on_request], "response": [on_response]},
         headers={"User-Agent": "bff"},
     )
+
+
+def _services(
+    settings: Settings,
+    store: SessionStore,
+    clock: Callable[[], float],
+    http: httpx.AsyncClient,
+    metrics: Metrics,
+) -> Services:
+    """Everything a request may use, wired once per app (routes and the proxy depend on it,
+    never the other way)."""
     provider = Provider(
         http, settings.discovery_url, settings.issuer, check=lambda meta: metadata_problems(settings, meta)
     )
@@ -237,7 +240,7 @@ def create_app(
     )
     binding = DeviceBinding(settings, store, cookies, metrics, tokens.end, clock)
     client_key = deployment_key(settings.secret_keys[0], settings.dpop_client_key) if settings.dpop else None
-    services = Services(
+    return Services(
         settings=settings,
         store=store,
         http=http,
@@ -252,10 +255,11 @@ def create_app(
         binding=binding,
         clock=clock,
     )
-    proxy = Proxy(services)
 
-    # /bff/* in a router of its own: a known path called with another method is a 405 with
-    # Allow (Starlette's partial match), an unknown one a JSON 404, never the SPA's index.
+
+def _routes(settings: Settings) -> list[Any]:
+    """/bff/* in a router of its own: a known path called with another method is a 405 with
+    Allow (Starlette's partial match), an unknown one a JSON 404, never the SPA's index."""
     bff_routes = [
         Route("/login", auth.login, methods=["GET"]),
         Route("/callback", auth.callback, methods=["GET"]),
@@ -277,8 +281,21 @@ def create_app(
         routes.append(Route("/metrics", health.metrics, methods=["GET"]))
     if settings.static_dir is not None:
         routes.append(Mount("/", SpaFiles(directory=settings.static_dir, html=True)))
+    return routes
 
-    return BFFApp(services, proxy, routes)
+
+def create_app(
+    settings: Settings,
+    *,
+    store: SessionStore | None = None,
+    clock: Callable[[], float] = time.time,
+    http: httpx.AsyncClient | None = None,
+) -> BFFApp:
+    metrics = Metrics()
+    store = store or build_store(settings, clock)
+    store.on_error = metrics.store_errors.inc
+    services = _services(settings, store, clock, http or _idp_http(metrics), metrics)
+    return BFFApp(services, Proxy(services), _routes(settings))
 
 
 def app_from_env() -> BFFApp:

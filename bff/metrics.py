@@ -16,7 +16,13 @@ _LATENCY = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self._sessions(self.registry)
+        self._tokens(self.registry)
+        self._traffic(self.registry)
+        self._realtime_and_binding(self.registry)
+
+    def _sessions(self, r: CollectorRegistry) -> None:
+        """Logins, logouts, back-channel logouts, the store."""
         self.logins_started = Counter("bff_logins_started", "Logins started (/bff/login).", registry=r)
         self.logins_completed = Counter(
             "bff_logins_completed", "Logins completed with a new session.", registry=r
@@ -25,6 +31,19 @@ class Metrics:
             "bff_logins_failed", "Callbacks refused, by reason.", ["reason"], registry=r
         )
         self.logouts = Counter("bff_logouts", "Sessions ended, by how.", ["how"], registry=r)
+        self.backchannel = Counter(
+            "bff_backchannel_logouts", "Back-channel logout tokens, by outcome.", ["outcome"], registry=r
+        )
+        self.store_errors = Counter("bff_session_store_errors", "Session store (Redis) failures.", registry=r)
+        self.sessions = Gauge(
+            "bff_sessions_estimate",
+            "Live sessions (estimated from the store).",
+            registry=r,
+            multiprocess_mode="max",
+        )
+
+    def _tokens(self, r: CollectorRegistry) -> None:
+        """User-token refreshes and routes' own tokens."""
         self.refreshes = Counter(
             "bff_token_refreshes", "Access-token refreshes, by outcome.", ["outcome"], registry=r
         )
@@ -36,13 +55,14 @@ class Metrics:
         )
         self.route_token_cache = Counter(
             "bff_route_token_cache",
-            "Routes' own tokens served from the cache (hit) or obtained first (miss), by kind.",
+            "Routes' own tokens served from the cache (hit), obtained (miss), or obtained by"
+            " another caller while this one waited (shared), by kind.",
             ["kind", "result"],
             registry=r,
         )
-        self.backchannel = Counter(
-            "bff_backchannel_logouts", "Back-channel logout tokens, by outcome.", ["outcome"], registry=r
-        )
+
+    def _traffic(self, r: CollectorRegistry) -> None:
+        """Proxied calls and IdP calls."""
         self.proxied = Counter(
             "bff_proxy_requests",
             "Proxied API requests, by route and status.",
@@ -63,6 +83,9 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
+
+    def _realtime_and_binding(self, r: CollectorRegistry) -> None:
+        """WebSockets and device-bound sessions."""
         self.websockets_open = Gauge(
             "bff_websockets_open", "WebSockets open through the BFF.", registry=r, multiprocess_mode="livesum"
         )
@@ -80,13 +103,6 @@ class Metrics:
             "Device-bound sessions: registered, refreshed, refused, skipped_<reason>, theft_suspected ...",
             ["event"],
             registry=r,
-        )
-        self.store_errors = Counter("bff_session_store_errors", "Session store (Redis) failures.", registry=r)
-        self.sessions = Gauge(
-            "bff_sessions_estimate",
-            "Live sessions (estimated from the store).",
-            registry=r,
-            multiprocess_mode="max",
         )
 
     def render(self) -> bytes:

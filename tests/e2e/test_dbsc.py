@@ -12,10 +12,6 @@ Chromium ignore DBSC).
 
 from __future__ import annotations
 
-import base64
-import datetime
-import hashlib
-import ipaddress
 import json
 import os
 import sys
@@ -26,15 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from playwright.sync_api import Browser, Playwright, expect
 
 from demo.stack import Service, Stack
 from tests.e2e.conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, UI_TIMEOUT
 from tests.e2e.test_browser import Shots, bff_status, call_api, sign_in, wait_until
+from tests.tls import self_signed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -45,44 +38,11 @@ DBSC_FEATURES = (
 BOUND_COOKIE_TTL = 15  # seconds: short, so the test sees a refresh and a copied cookie die
 
 
-def make_certificate(directory: Path) -> tuple[Path, Path, str]:
-    """A self-signed certificate for localhost: (key file, cert file, base64 SHA-256 of its SPKI)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    key_file, cert_file = directory / "bff-key.pem", directory / "bff-cert.pem"
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return key_file, cert_file, base64.b64encode(hashlib.sha256(spki).digest()).decode()
-
-
 @pytest.fixture
 def secure_bff(stack: Stack, tmp_path: Path) -> Iterator[tuple[Service, str]]:
     """The BFF on the stack's https origin with DBSC optional, served by uvicorn with TLS."""
-    key_file, cert_file, spki = make_certificate(tmp_path)
+    certificate = self_signed(tmp_path, "localhost", dns=("localhost",), prefix="bff-")
+    key_file, cert_file, spki = certificate.key_file, certificate.cert_file, certificate.spki_sha256
     config = stack.config
     env = {k: v for k, v in config.bff_env().items() if k not in ("BFF_HOST", "BFF_PORT")}
     env.update(

@@ -81,20 +81,8 @@ def embedded(stack: Stack) -> Iterator[Service]:
         PATH=os.environ.get("PATH", ""),
     )
     cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "examples" / "fastapi_host")]
-    service = Service(
-        "embedded",
-        [*cmd, "main:app", "--host", "127.0.0.1", "--port", str(config.embedded_port)],
-        env,
-        config.embedded_port,
-        _http_ok(f"{config.embedded_url}/local/health"),
-        ARTIFACTS / "logs" / "embedded.log",
-    )
-    service.start()
-    try:
-        service.wait_ready()
-        yield service
-    finally:
-        service.stop()
+    cmd += ["main:app", "--host", "127.0.0.1", "--port", str(config.embedded_port)]
+    yield from _serve_on_the_embedded_port(stack, "embedded", cmd, env, "/local/health")
 
 
 def test_sign_in_and_a_local_api_call_through_the_embedded_form(
@@ -131,14 +119,15 @@ def dpop_bff(stack: Stack) -> Iterator[Service]:
         BFF_ENV_FILE=os.devnull,
         PATH=os.environ.get("PATH", ""),
     )
-    service = Service(
-        "bff-dpop",
-        [sys.executable, "-m", "bff"],
-        env,
-        config.embedded_port,
-        _http_ok(f"{config.embedded_url}/readyz"),
-        ARTIFACTS / "logs" / "bff-dpop.log",
-    )
+    yield from _serve_on_the_embedded_port(stack, "bff-dpop", [sys.executable, "-m", "bff"], env, "/readyz")
+
+
+def _serve_on_the_embedded_port(
+    stack: Stack, name: str, cmd: list[str], env: dict[str, str], ready_path: str
+) -> Iterator[Service]:
+    """Run a second server on the stack's embedded port until the test is done."""
+    port, url = stack.config.embedded_port, stack.config.embedded_url
+    service = Service(name, cmd, env, port, _http_ok(url + ready_path), ARTIFACTS / "logs" / f"{name}.log")
     service.start()
     try:
         service.wait_ready()

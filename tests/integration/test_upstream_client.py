@@ -4,22 +4,15 @@ small raw asyncio servers (in this process) for everything an upstream can get w
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
-import ipaddress
 import json
 import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import pytest
 import uvloop
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from bff.upstream_client import (
     ConnectFailed,
@@ -30,6 +23,7 @@ from bff.upstream_client import (
     UpstreamResponse,
 )
 from tests.support import UpstreamProc, free_port
+from tests.tls import self_signed
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 MB = 1024 * 1024
@@ -566,17 +560,25 @@ async def test_close_delimited_response_is_read_until_eof(raw, pools):
     assert srv.connections == 2
 
 
+async def fails_mid_body(
+    pool: UpstreamPool, error: type[Exception], read_timeout: float, match: str | None = None
+) -> list[bytes]:
+    """Two requests whose bodies break after their first piece: reading whole and streaming
+    both raise ``error``; returns what streaming got before it."""
+    r = await pool.request("GET", "/", [], None, read_timeout=read_timeout)
+    with pytest.raises(error, match=match):
+        await r.read()
+    r = await pool.request("GET", "/", [], None, read_timeout=read_timeout)
+    got: list[bytes] = []
+    with pytest.raises(error):
+        await collect(r, got)
+    return got
+
+
 async def test_connection_lost_mid_body(raw, pools):
     srv = await raw(in_pieces(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", gap=0.01, then_close=True))
     pool = pools(srv.url)
-    r = await pool.request("GET", "/", [], None, read_timeout=5)
-    with pytest.raises(UpstreamDisconnected, match="mid-body"):
-        await r.read()
-    r = await pool.request("GET", "/", [], None, read_timeout=5)
-    got: list[bytes] = []
-    with pytest.raises(UpstreamDisconnected):
-        await collect(r, got)
-    assert got == [b"abc"]
+    assert await fails_mid_body(pool, UpstreamDisconnected, read_timeout=5, match="mid-body") == [b"abc"]
     chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
     srv = await raw(in_pieces(chunked, gap=0.01, then_close=True))
     pool = pools(srv.url)
@@ -680,14 +682,7 @@ async def test_read_timeout_waiting_for_headers(raw, pools):
 async def test_read_timeout_mid_body(raw, pools):
     srv = await raw(stalling(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"))
     pool = pools(srv.url)
-    r = await pool.request("GET", "/", [], None, read_timeout=0.2)
-    with pytest.raises(ReadTimeout):
-        await r.read()
-    r = await pool.request("GET", "/", [], None, read_timeout=0.2)
-    got: list[bytes] = []
-    with pytest.raises(ReadTimeout):
-        await collect(r, got)
-    assert got == [b"abc"]
+    assert await fails_mid_body(pool, ReadTimeout, read_timeout=0.2) == [b"abc"]
     await srv.wait_closed(2)
     assert not pool._conns
 
@@ -729,15 +724,20 @@ async def test_connect_timeout_covers_the_tls_handshake(raw, pools):
     await srv.wait_closed(1)
 
 
-async def test_closed_pool_refuses_and_closes_busy_connections(raw, pools):
-    srv = await raw(stalling(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"))
-    pool = pools(srv.url)
+async def close_while_reading(pool: UpstreamPool) -> None:
+    """Close the pool while a body is being read: the reader gets UpstreamDisconnected."""
     r = await pool.request("GET", "/", [], None, read_timeout=5)
     reading = asyncio.ensure_future(r.read())
     await asyncio.sleep(0)
     await pool.close()
     with pytest.raises(UpstreamDisconnected):
         await reading
+
+
+async def test_closed_pool_refuses_and_closes_busy_connections(raw, pools):
+    srv = await raw(stalling(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"))
+    pool = pools(srv.url)
+    await close_while_reading(pool)
     with pytest.raises(ConnectFailed):
         await get(pool)
 
@@ -758,33 +758,10 @@ def test_origins():
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server context, client context trusting it) for a self-signed 127.0.0.1 certificate."""
-    directory: Path = tmp_path_factory.mktemp("tls")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(san, critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    (directory / "cert.pem").write_bytes(pem)
-    (directory / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
+    certificate = self_signed(tmp_path_factory.mktemp("tls"), "127.0.0.1", ca=True)
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(directory / "cert.pem", directory / "key.pem")
-    return server, ssl.create_default_context(cadata=pem.decode())
+    server.load_cert_chain(certificate.cert_file, certificate.key_file)
+    return server, ssl.create_default_context(cadata=certificate.pem.decode())
 
 
 async def test_tls_keep_alive_and_close_delimited(raw, pools, tls):
@@ -805,13 +782,7 @@ async def test_tls_keep_alive_and_close_delimited(raw, pools, tls):
 async def test_our_own_close_does_not_end_a_close_delimited_body(raw, pools, tls):
     for server_ctx, client_ctx in ((None, None), tls):
         srv = await raw(stalling(b"HTTP/1.1 200 OK\r\n\r\npartial"), tls=server_ctx)
-        pool = pools(srv.url, ssl_context=client_ctx)
-        r = await pool.request("GET", "/", [], None, read_timeout=5)
-        reading = asyncio.ensure_future(r.read())
-        await asyncio.sleep(0)
-        await pool.close()
-        with pytest.raises(UpstreamDisconnected):
-            await reading
+        await close_while_reading(pools(srv.url, ssl_context=client_ctx))
 
 
 async def test_tls_untrusted_certificate(raw, pools, tls):
