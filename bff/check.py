@@ -90,11 +90,16 @@ async def check_config(settings: Settings) -> int:
             "offline_access not requested: refresh tokens come with the login where the IdP"
             " issues them so (Keycloak does); see BFF_SCOPES"
         )
-    for problem in metadata_problems(settings, meta):
+    problems = metadata_problems(settings, meta)  # the profile's rules, PAR among them
+    for problem in problems:
         report.fail(problem)
-    if settings.profile == "fapi2" and not metadata_problems(settings, meta):
+    if settings.profile == "fapi2" and not problems:
         report.ok("the IdP meets the FAPI 2.0 profile's rules for this client")
-    if settings.use_par and meta.pushed_authorization_request_endpoint is None:
+    if (
+        settings.profile != "fapi2"
+        and settings.use_par
+        and meta.pushed_authorization_request_endpoint is None
+    ):
         report.fail("BFF_USE_PAR=true but the IdP has no pushed_authorization_request_endpoint")
     if meta.end_session_endpoint is None:
         report.warn("the IdP has no end_session_endpoint: logout ends only the BFF session")

@@ -30,9 +30,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
 from joserfc.jws import JWSRegistry
 
+from .keys import load_private_key
+
 # In order of preference; the first one the IdP lists in dpop_signing_alg_values_supported.
 PREFERRED_ALGS = ("ES256", "EdDSA", "PS256", "ES384", "RS256")
 FAPI_ALGS = ("PS256", "ES256", "EdDSA")
+_HTTP_SCHEME = {"ws": "http", "wss": "https"}
 
 
 def _b64(data: bytes) -> bytes:
@@ -45,14 +48,6 @@ def _generate(alg: str) -> Key:
     if alg == "EdDSA":
         return OKPKey.generate_key("Ed25519")
     return RSAKey.generate_key(2048)
-
-
-def _alg_of(key: Key) -> str:
-    if isinstance(key, ECKey):
-        return {"P-256": "ES256", "P-384": "ES384"}[key.curve_name]
-    if isinstance(key, OKPKey):
-        return "EdDSA"
-    return "PS256"
 
 
 class DPoPKey:
@@ -128,10 +123,8 @@ def deployment_key(secret: str, configured: str | None) -> DPoPKey:
     """The key of the BFF's own (client-credentials) tokens: one per deployment, the same in
     every process. ``BFF_DPOP_CLIENT_KEY`` when set, else a P-256 key derived (HKDF) from the
     first BFF_SECRET_KEY, so rotating that key rotates this one too."""
-    if configured:
-        text = configured.strip()
-        key = import_key(json.loads(text)) if text.startswith("{") else import_key(text, "EC")
-        return DPoPKey(key, _alg_of(key))
+    if configured:  # RSA keys sign with PS256 here: the one RSA algorithm FAPI 2.0 allows
+        return DPoPKey(*load_private_key(configured, "BFF_DPOP_CLIENT_KEY", rsa_alg="PS256"))
     seed = HKDF(algorithm=hashes.SHA256(), length=48, salt=None, info=b"bff dpop deployment key v1")
     order = int("FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551", 16)  # P-256 n
     scalar = int.from_bytes(seed.derive(secret.encode()), "big") % (order - 1) + 1
@@ -175,8 +168,10 @@ class Nonces:
 
     @staticmethod
     def origin(url: str) -> str:
+        """The server a URL names: a WebSocket URL names the same server as its HTTP one, so
+        a nonce learnt on either serves both."""
         parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.netloc}"
+        return f"{_HTTP_SCHEME.get(parts.scheme, parts.scheme)}://{parts.netloc}"
 
     def get(self, url: str) -> str | None:
         return self._by_origin.get(self.origin(url))

@@ -34,10 +34,6 @@ class SessionGate:
         self.tokens = tokens
         self.browser_change_ends_session = browser_change_ends_session
 
-    @property
-    def wants_user_agent(self) -> bool:
-        return self.browser_change_ends_session
-
     async def session(
         self,
         cookie_header: str,
@@ -45,7 +41,7 @@ class SessionGate:
         *,
         enforce: bool = True,
         skipped: str | None = None,
-        user_agent: str | None = None,
+        user_agent: str = "",
     ) -> Session | None:
         """The caller's live session, or None (no cookie, bad signature, ended or expired).
         With ``enforce`` (every use but logout and the DBSC endpoints) a bound session without
@@ -58,7 +54,7 @@ class SessionGate:
             return session
         if self.binding.enabled:
             await self.binding.admit(session, cookie_header, skipped)
-        if self.browser_change_ends_session and user_agent is not None:
+        if self.browser_change_ends_session:  # a missing User-Agent is "", on every path
             await self._same_browser(session, user_agent)
         return session
 

@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .dpop import FAPI_ALGS as FAPI2_ALGS  # one list for proofs, keys and ID tokens
 from .oidc.provider import ProviderMetadata
 from .settings import Settings
-
-FAPI2_ALGS = ("PS256", "ES256", "EdDSA")
 
 
 def _key_alg(text: str) -> str | None:
@@ -50,8 +49,7 @@ def fapi2_config_problems(
             f"{lead} BFF_ID_TOKEN_ALGS set to the client's registered algorithm, one of PS256, ES256,"
             f" EdDSA (got {raw('BFF_ID_TOKEN_ALGS') or 'the default RS256'})"
         )
-    use_par = raw("BFF_USE_PAR")
-    if use_par is not None and use_par.lower() in ("0", "false", "no", "off"):
+    if raw("BFF_USE_PAR") is not None and not values["use_par"]:  # set, and set to false
         problems.append(f"{lead} PAR: remove BFF_USE_PAR=false")
     if not profile["dpop"]:
         problems.append(f"{lead} DPoP: remove BFF_DPOP=false")

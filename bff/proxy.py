@@ -152,11 +152,14 @@ class Proxy:
         self._counters: dict[tuple[str, int], Any] = {}
 
     async def start(self) -> None:
+        """One pool per upstream origin; routes sharing an origin share it, and its connect
+        timeout is the shortest any of them allows (at most 10 s)."""
+        timeouts: dict[str, float] = {}
         for route in self.routes:
-            if route.origin not in self._pools:
-                self._pools[route.origin] = UpstreamPool(
-                    route.origin, connect_timeout=min(route.config.timeout, 10.0)
-                )
+            timeouts[route.origin] = min(timeouts.get(route.origin, 10.0), route.config.timeout)
+        for origin, timeout in timeouts.items():
+            if origin not in self._pools:
+                self._pools[origin] = UpstreamPool(origin, connect_timeout=timeout)
 
     async def stop(self) -> None:
         for pool in self._pools.values():
@@ -243,7 +246,7 @@ class Proxy:
         session = None
         if policy not in ("none", "client"):
             cookies = []
-            skipped = user_agent = None
+            skipped, user_agent = None, ""
             for k, v in scope["headers"]:
                 if k == b"cookie":
                     cookies.append(v.decode("latin-1"))
@@ -251,10 +254,7 @@ class Proxy:
                     skipped = v.decode("latin-1")
                 elif k == b"user-agent":
                     user_agent = v.decode("latin-1")
-            gate = self.svc.gate
-            session = await gate.session(
-                "; ".join(cookies), skipped=skipped, user_agent=user_agent if gate.wants_user_agent else None
-            )
+            session = await self.svc.gate.session("; ".join(cookies), skipped=skipped, user_agent=user_agent)
         return session, await self.svc.route_tokens.credential(route.config, session)
 
     def target(self, route: Route, scope: Scope) -> str:

@@ -481,6 +481,14 @@ def _key_text(r: _Reader, name: str) -> str | None:
         if path.is_file():
             return path.read_text()
         r.problems.append(f"{name} must be a PEM/JWK or the path of a file holding one")
+        return text
+    if text:
+        from .keys import load_private_key  # local import: cryptography only when a key is set
+
+        try:
+            load_private_key(text, name)
+        except ValueError as exc:
+            r.problems.append(str(exc))
     return text
 
 

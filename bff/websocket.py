@@ -52,7 +52,6 @@ from websockets.exceptions import (
 )
 from websockets.typing import Subprotocol
 
-from .dpop import htu
 from .errors import (
     BadRequest,
     BFFError,
@@ -402,12 +401,8 @@ class WebSocketProxy:
             headers.append(("authorization", f"{credential.scheme} {credential.token}"))
             if credential.key is not None:
                 nonce = self.proxy.nonces.get(target)
-                headers.append(
-                    (
-                        "dpop",
-                        credential.key.proof("GET", htu(target), access_token=credential.token, nonce=nonce),
-                    )
-                )
+                proof = credential.key.proof("GET", target, access_token=credential.token, nonce=nonce)
+                headers.append(("dpop", proof))
         return headers
 
     async def _relay(

@@ -23,6 +23,7 @@ from ..security.cookies import Cookies
 from ..session.models import Session, public_handle
 from ..session.store import SessionStore, locked
 from ..settings import Settings
+from ..tokens.flight import LOCK_TIMEOUT, LOCK_WAIT
 from . import headers
 from .cookie import BoundCookies
 from .proofs import Proof, ProofRefused, refresh_proof, registration_proof
@@ -162,7 +163,7 @@ class DeviceBinding:
 
     async def _save(self, session: Session, public_key: str, identifier: str) -> Session:
         """Store the key with the session record, under the session's one lock."""
-        async with locked(self.store.lock(f"refresh:{session.id}", 10.0), 30.0) as held:
+        async with locked(self.store.lock(f"refresh:{session.id}", LOCK_TIMEOUT), LOCK_WAIT) as held:
             if not held:
                 raise ServiceUnavailable("The session is busy; try again.")
             current = await self.store.load(session.id, touch=False)
@@ -218,7 +219,7 @@ class DeviceBinding:
         if token is None:
             return 403, [("Secure-Session-Challenge", await self._next(session, identifier))]
         try:
-            proof = refresh_proof(token, self.origin + REFRESH_PATH, json.loads(session.dbsc_key)["jwk"])
+            proof = refresh_proof(token, self.origin + REFRESH_PATH, _binding(session.dbsc_key)["jwk"])
         except ProofRefused as exc:
             if exc.theft:
                 await self._theft(session, exc)

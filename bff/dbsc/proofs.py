@@ -39,7 +39,6 @@ class ProofRefused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Proof:
-    header: dict[str, Any]
     claims: dict[str, Any]
 
     @property
@@ -69,7 +68,7 @@ def _verify(token: str, header: dict[str, Any], key: Key, url: str, theft: bool)
         raise ProofRefused("dbsc_proof_jti", "the proof names no challenge (jti)")
     if "aud" in claims and claims["aud"] != url:
         raise ProofRefused("dbsc_proof_aud", "the proof is for another endpoint (aud)")
-    return Proof(header, claims)
+    return Proof(claims)
 
 
 def registration_proof(token: str, url: str) -> tuple[Proof, Key]:

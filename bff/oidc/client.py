@@ -8,7 +8,6 @@ private_key_jwt when a key is set, else client_secret_basic, else client_secret_
 from __future__ import annotations
 
 import base64
-import json
 import math
 import secrets
 import time
@@ -18,14 +17,13 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import httpx
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc import jwt
-from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
+from joserfc.jwk import Key
 
 from ..challenges import challenge_error
 from ..dpop import DPoPKey, Nonces
 from ..errors import IdPUnavailable
+from ..keys import load_private_key
 from ..settings import Settings
 from .errors import OIDCError, TokenError
 from .provider import Provider, ProviderMetadata
@@ -83,34 +81,8 @@ def _add_target(form: Form, audience: str | None, resource: tuple[str, ...], sco
 
 
 def load_signing_key(text: str) -> tuple[Key, str]:
-    text = text.strip()
-    if text.startswith("{"):
-        key: Key = import_key(json.loads(text))
-    else:
-        loaded = serialization.load_pem_private_key(text.encode(), password=None)
-        kty = (
-            "RSA"
-            if isinstance(loaded, rsa.RSAPrivateKey)
-            else "EC"
-            if isinstance(loaded, ec.EllipticCurvePrivateKey)
-            else "OKP"
-        )
-        key = import_key(text, kty)  # type: ignore[call-overload]
-    if not key.is_private:
-        raise ValueError("BFF_CLIENT_PRIVATE_KEY holds a public key; a private key is needed")
-    alg = key.get("alg")
-    if not alg:
-        if isinstance(key, RSAKey):
-            alg = "RS256"
-        elif isinstance(key, ECKey):
-            alg = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}[key.curve_name]
-        elif isinstance(key, OKPKey):
-            alg = "EdDSA"
-        else:
-            raise ValueError("BFF_CLIENT_PRIVATE_KEY must be an RSA, EC or OKP key")
-    if not key.kid:
-        key.ensure_kid()
-    return key, str(alg)
+    """The client assertion key (BFF_CLIENT_PRIVATE_KEY) and its algorithm."""
+    return load_private_key(text, "BFF_CLIENT_PRIVATE_KEY")
 
 
 class OIDCClient:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 _BROWSERS = [
@@ -26,8 +27,10 @@ _SYSTEMS = [
 ]
 
 
+@functools.lru_cache(maxsize=1024)
 def user_agent_summary(ua: str) -> str:
-    """'Chrome on Linux' - enough to recognise a device, without fingerprint detail."""
+    """'Chrome on Linux' - enough to recognise a device, without fingerprint detail. Memoised:
+    with the browser-change policy on it runs on every use of a session, and browsers repeat."""
     if not ua:
         return "unknown"
     browser = next((name for marker, name in _BROWSERS if marker in ua), None)

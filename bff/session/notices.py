@@ -35,8 +35,8 @@ Listener = Callable[[str], None]
 class Notices:
     """This process's listeners for ended and changed sessions, and for a lost link."""
 
-    def __init__(self, live: bool = False) -> None:
-        self.live = live  # True while notices are sure to arrive (subscribed)
+    def __init__(self) -> None:
+        self.live = False  # True while notices are sure to arrive (subscribed)
         self._ended: list[Listener] = []
         self._changed: list[Listener] = []
         self._link: list[Callable[[bool], None]] = []

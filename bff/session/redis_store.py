@@ -458,11 +458,11 @@ class RedisStore(SessionStore):
     async def load(self, session_id: str, touch: bool = True) -> Session | None:
         """A use of the session (``touch``) may be answered from the cache; a read without
         touch (inside a refresh lock, before ending a session) always asks Redis."""
-        now, seen = self.now(), self.seen()
         if touch:
             cached = self.cache.get(session_id, self.clock())
             if cached is not None:
                 return cached
+        now, seen = self.now(), self.seen()
         epoch = self.cache.epoch
         raw = await self._read(self._skey(session_id), touch, now, seen)
         if not raw:

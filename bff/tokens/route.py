@@ -15,6 +15,7 @@ the store.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -65,9 +66,10 @@ def _credential(
     return Credential(token, "Bearer", session)
 
 
+@functools.lru_cache(maxsize=256)
 def route_key(kind: str, route: ApiRoute, owner: str = "") -> str:
     """A short key for everything that shapes a route's token (routes share a cached token
-    only when all of it is equal)."""
+    only when all of it is equal). Memoised: routes and owners are few and fixed."""
     shape = json.dumps([kind, owner, route.audience, list(route.resource), route.scope])
     return hashlib.sha256(shape.encode()).hexdigest()[:24]
 
@@ -88,6 +90,8 @@ class RouteTokens:
         self.users = users
         self.metrics = metrics
         self.clock = clock
+        # Whose client tokens these are: the client, and the DPoP key they are bound to.
+        self._client_owner = client.settings.client_id + (f"#{deployment_key.jkt}" if deployment_key else "")
         self._client_tokens: dict[str, RouteToken] = {}
         self._flight: SingleFlight[tuple[str, str], RouteToken] = SingleFlight()
         self._hits = {kind: metrics.route_token_cache.labels(kind, "hit") for kind in ("exchange", "client")}
@@ -115,9 +119,9 @@ class RouteTokens:
     async def for_user(self, route: ApiRoute, session: Session) -> Credential:
         if not self.users.is_fresh(session):
             session = await self.users.fresh_session(session)
-        dpop = self.users.dpop_key(session)
         if not route.shapes_token:
             return self.session_credential(session)
+        dpop = self.users.dpop_key(session)
         key = route_key("exchange", route)
         cached = session.route_tokens.get(key)
         if cached is not None and self.fresh(cached):
@@ -166,10 +170,7 @@ class RouteTokens:
             return token
 
     async def for_client(self, route: ApiRoute) -> Credential:
-        owner = self.client.settings.client_id + (
-            f"#{self.deployment_key.jkt}" if self.deployment_key else ""
-        )
-        key = route_key("client", route, owner)
+        key = route_key("client", route, self._client_owner)
         cached = self._client_tokens.get(key)
         if cached is not None and self.fresh(cached):
             self._hits["client"].inc()

@@ -53,7 +53,6 @@ class TokenManager:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         revoke: bool = True,
-        keys: KeyCache | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -62,7 +61,7 @@ class TokenManager:
         self.metrics = metrics
         self.clock = clock
         self.revoke = revoke  # BFF_REVOKE_ON_LOGOUT: revoke the grants of sessions we end
-        self.keys = keys or KeyCache()
+        self.keys = KeyCache()
         store.notices.on_ended(self.keys.forget)  # no private key outlives its session here
         self._flight: SingleFlight[str, Session] = SingleFlight()
 

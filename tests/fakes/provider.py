@@ -175,6 +175,7 @@ class State:
         self.dpop = ProofVerifier()
         self.dpop_proofs: list[dict[str, Any]] = []  # endpoint, jkt, jti, nonce of each proof
         self.dpop_nonce_challenges = 0
+        self.dpop_jkts: list[str | None] = []  # the dpop_jkt of each authorization (or PAR)
         self.client_auth_seen: list[str] = []
         self.assertion_audiences: list[dict[str, Any]] = []  # endpoint path, the assertion's aud
         self.access_tokens: dict[str, dict[str, Any]] = {}
@@ -554,6 +555,7 @@ def create_app(issuer: str) -> Starlette:
             "auth_time": int(time.time()),
             "dpop_jkt": params.get("dpop_jkt"),
         }
+        st.dpop_jkts.append(params.get("dpop_jkt"))
         answer["code"] = code
         return RedirectResponse(f"{redirect}?{urlencode(answer)}", status_code=302)
 
@@ -835,6 +837,7 @@ def create_app(issuer: str) -> Starlette:
                 "route_token_requests": st.route_token_requests,
                 "dpop_proofs": st.dpop_proofs,
                 "dpop_nonce_challenges": st.dpop_nonce_challenges,
+                "dpop_jkts": st.dpop_jkts,
             }
         )
 

@@ -5,7 +5,7 @@
     /upload             counts and hashes a streamed request body
     /sse?n=&gap=        server-sent events, ``gap`` seconds apart
     /slow?delay=        answers after ``delay`` seconds
-    /status/<code>      answers with that status
+    /status/<code>      answers with that status (204 and 304 without a body)
     /bench              a tiny fixed JSON answer (the benchmark baseline)
     /set-cookie         tries to set a cookie on the BFF's origin
     /refuse-token       POST a bearer token: from then on .../strict/... refuses it with
@@ -217,6 +217,11 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         await _send(send, 200, b'{"slow":true}')
         return
     if path.rsplit("/", 2)[-2:-1] == ["status"]:
+        if int(name) in (204, 304):  # no body, and (304) the headers of the stored answer
+            extra = [(b"etag", b'"v1"')] if int(name) == 304 else []
+            await send({"type": "http.response.start", "status": int(name), "headers": extra})
+            await send({"type": "http.response.body", "body": b""})
+            return
         await _send(send, int(name), json.dumps({"status": int(name)}).encode())
         return
     if name == "refuse-token":

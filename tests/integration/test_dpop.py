@@ -43,6 +43,7 @@ async def test_login_refresh_and_proxied_calls_are_bound_to_the_sessions_key(
     assert "request_uri" in authz or "dpop_jkt" in authz  # PAR carries it otherwise
     await browser.get((await browser.authorize(r.headers["location"])).headers["location"])
     key = await session_key(app_session, app, browser)
+    assert idp.stats()["dpop_jkts"] == [key.jkt]  # the code was bound to the session's key
     assert (await app_session(app, browser)).access_token_type == "DPoP"
     for _ in range(3):
         scheme, proof, claims = upstream_view(await browser.get("/api/echo?x=1", csrf=True))

@@ -182,6 +182,21 @@ async def test_upstream_statuses_and_bodies_pass_through(bff):
     assert r.json()["headers"]["content-type"] == ["text/plain"]
 
 
+async def test_answers_without_a_body_pass_through_and_keep_the_connection_usable(bff):
+    """HEAD (a Content-Length but no body), 204 and 304 (no body at all): relayed as they are,
+    and the pooled upstream connection is not left waiting for a body that never comes."""
+    _, browser = bff
+    await browser.login()
+    for _ in range(2):  # the second round on the same pooled connections
+        r = await browser.request("HEAD", "/api/echo", csrf=True)
+        assert r.status_code == 200 and r.content == b"" and int(r.headers["content-length"]) > 0
+        r = await browser.get("/api/status/204", csrf=True)
+        assert r.status_code == 204 and r.content == b""
+        r = await browser.get("/api/status/304", csrf=True)
+        assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == '"v1"'
+        assert (await browser.get("/api/echo", csrf=True)).json()["method"] == "GET"
+
+
 async def test_unreachable_upstream_is_502_json(make_bff):
     from tests.support import free_port
 

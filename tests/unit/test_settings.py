@@ -94,6 +94,11 @@ def test_all_missing_required_settings_are_reported_together():
         ({"BFF_REDIS_TIMEOUT": "0"}, "BFF_REDIS_TIMEOUT must be between 0.1 and 60"),
         ({"BFF_REDIS_TIMEOUT": "0.5"}, None),
         ({"BFF_ID_TOKEN_MAX_IAT_AGE": "5"}, "BFF_ID_TOKEN_MAX_IAT_AGE must be between 10 and 86400"),
+        ({"BFF_DPOP_CLIENT_KEY": '{"kty": "EC"}'}, "BFF_DPOP_CLIENT_KEY is not a readable private key"),
+        (
+            {"BFF_CLIENT_PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----\nxx\n-----END PRIVATE KEY-----"},
+            "PEM or JWK",
+        ),
     ],
 )
 def test_an_invalid_value_is_one_clear_line_naming_the_variable(env, needle):
@@ -219,3 +224,24 @@ def test_every_problem_of_every_route_is_reported_at_once():
     assert any("route /b: audience, resource and scope need a token policy" in p for p in found)
     assert any("route /c: resource 'https://x/#frag'" in p for p in found)
     assert any("route /c: scope must be" in p for p in found)
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519", "p521"])
+def test_a_dpop_client_key_of_any_supported_type_loads_and_the_fapi2_rules_judge_it(kind):
+    """An RSA or Ed25519 PEM (once a traceback at start-up) is read like the client assertion
+    key; under fapi2 an RSA key signs PS256 and P-521 (ES512) is one clear unmet rule."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    private = {
+        "rsa": lambda: rsa.generate_private_key(65537, 2048),
+        "ed25519": ed25519.Ed25519PrivateKey.generate,
+        "p521": lambda: ec.generate_private_key(ec.SECP521R1()),
+    }[kind]()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    load_settings({**GOOD, "BFF_DPOP": "true", "BFF_DPOP_CLIENT_KEY": pem})
+    found = problems(BFF_PROFILE="fapi2", BFF_DPOP_CLIENT_KEY=pem)
+    assert all(line.startswith("BFF_") for line in found), found
+    assert any("BFF_DPOP_CLIENT_KEY" in line for line in found) == (kind == "p521"), found
