@@ -291,6 +291,20 @@ async def test_the_browser_change_policy_ends_a_session_whose_browser_family_cha
     assert any(getattr(rec, "event", None) == "session_browser_changed" for rec in caplog.records)
 
 
+@pytest.mark.parametrize("path", ["/bff/user", "/api/echo"])
+async def test_under_the_policy_a_call_without_a_user_agent_is_judged_alike_on_every_path(make_bff, path):
+    """A replayed cookie sent without any User-Agent (curl -H "Cookie: ...") is a browser
+    change wherever it is sent; the proxy path used to skip the check."""
+    app, browser = await make_bff(BFF_END_SESSION_ON_BROWSER_CHANGE="true")
+    await browser.login()
+    request = browser.bff.build_request(
+        "GET", f"{browser.public_url}{path}", headers={"x-csrf": "1", **browser._cookie_header()}
+    )
+    del request.headers["user-agent"]
+    r = await browser.bff.send(request)
+    assert r.status_code == 401 and r.json()["error"] == "session_browser_changed"
+
+
 async def test_without_the_policy_a_browser_change_is_no_signal(make_bff):
     _, browser = await make_bff()
     await browser.login()
